@@ -1,0 +1,26 @@
+# Two entry points: `make demo` (main job on the embedded model) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL_ARGS ?= pretrained=mmq:shapes-blip2,llm_bits=4,method=uniform
+TASKS ?= mmq_shapes_cap,mmq_shapes_vqa
+
+.PHONY: install demo test
+
+install: $(VENV)/.installed
+
+# torch first, from the local CPU wheel: any other torch spec can pull a multi-GB CUDA build.
+# PyPI's torchvision cannot import beside the CPU torch and breaks lmms-eval: remove it.
+$(VENV)/.installed: pyproject.toml .ci/constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c .ci/constraints.txt -e ".[test]"
+	$(PY) -m pip uninstall --quiet -y torchvision
+	touch $@
+
+demo: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/mmq-eval run --model mmq_blip2 --model_args $(MODEL_ARGS) \
+		--tasks $(TASKS) --batch_size 16 --output_path results/demo
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -1,0 +1,1 @@
+"""lmms-eval model wrappers with component-wise quantization."""

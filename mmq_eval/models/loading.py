@@ -1,0 +1,76 @@
+"""Resolving ``pretrained=`` (hub id, local directory or embedded ``mmq:NAME``) and loading it."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoProcessor
+
+from mmq_eval.errors import MMQConfigError
+
+EMBEDDED_PREFIX = "mmq:"
+
+
+def embedded_models() -> dict[str, Path]:
+    """Embedded checkpoints shipped inside the package, by ``mmq:`` name."""
+    root = Path(str(resources.files("mmq_eval.assets")))
+    return {
+        f"{EMBEDDED_PREFIX}{path.name}": path
+        for path in sorted(root.iterdir())
+        if path.is_dir() and (path / "config.json").is_file()
+    }
+
+
+def resolve_pretrained(pretrained: str) -> str:
+    """Turn ``pretrained`` into something ``from_pretrained`` accepts (a path or a hub id)."""
+    if pretrained.startswith(EMBEDDED_PREFIX):
+        known = embedded_models()
+        if pretrained not in known:
+            raise MMQConfigError(
+                f"pretrained={pretrained!r} is not an embedded model; embedded models: "
+                f"{', '.join(known) or 'none installed'}"
+            )
+        return str(known[pretrained])
+    path = Path(pretrained).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise MMQConfigError(
+                f"pretrained={pretrained!r} is a local path without config.json; point it at a "
+                "directory written by save_pretrained (config.json, weights, processor files)"
+            )
+        return str(path)
+    return pretrained
+
+
+def architecture_of(source: str) -> str:
+    """The ``architectures[0]`` class name recorded in a checkpoint's config."""
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as exc:
+        raise MMQConfigError(
+            f"pretrained={source!r}: could not read its config ({exc}). Use a hub id that is "
+            "downloadable or already in the Hugging Face cache (HF_HUB_OFFLINE=1 forbids "
+            "downloads), a local directory, or an embedded model (mmq:shapes-blip2)."
+        ) from None
+    archs = getattr(config, "architectures", None) or []
+    return archs[0] if archs else type(config).__name__
+
+
+def load_processor(source: str):
+    """Load the checkpoint's processor (image processor + tokenizer)."""
+    try:
+        return AutoProcessor.from_pretrained(source)
+    except OSError as exc:
+        raise MMQConfigError(f"pretrained={source!r}: could not load its processor ({exc})") from None
+
+
+def load_model(model_class, source: str, dtype: torch.dtype, device: torch.device):
+    """Load ``model_class`` from ``source`` in eval mode on ``device``."""
+    try:
+        model = model_class.from_pretrained(source, dtype=dtype)
+    except OSError as exc:
+        raise MMQConfigError(f"pretrained={source!r}: could not load the weights ({exc})") from None
+    return model.to(device).eval()
+

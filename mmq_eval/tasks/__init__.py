@@ -1,0 +1,1 @@
+"""Metric and document helpers that the ``mmq_*`` task YAMLs reference with ``!function``."""

@@ -1,0 +1,19 @@
+"""Document helpers of the embedded ``mmq_shapes_*`` tasks."""
+
+from __future__ import annotations
+
+
+def doc_to_visual(doc: dict) -> list:
+    """The document's image, as RGB."""
+    return [doc["image"].convert("RGB")]
+
+
+def caption_prompt(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    """Captioning prompt: the model family's ``prompt`` (empty for BLIP-2)."""
+    return (lmms_eval_specific_kwargs or {}).get("prompt", "")
+
+
+def vqa_prompt(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    """``{pre_prompt}{question}{post_prompt}``; BLIP-2's default is ``Question: {q} Answer:``."""
+    kwargs = lmms_eval_specific_kwargs or {}
+    return f"{kwargs.get('pre_prompt', 'Question: ')}{doc['question']}{kwargs.get('post_prompt', ' Answer:')}"

@@ -1,0 +1,89 @@
+"""Tiny randomly initialised models built from configs, for tests (no download, no network)."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2Processor,
+    BlipImageProcessorPil,
+    PreTrainedTokenizerFast,
+)
+
+TINY_WORDS = (
+    "a an the red green blue yellow circle square triangle big small left right of above below "
+    "and one two three what color shape is are there how many question answer yes no photo"
+).split()
+NUM_QUERY_TOKENS = 4
+IMAGE_SIZE = 32
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over TINY_WORDS with OPT-style special tokens and an <image> token."""
+    specials = ["<pad>", "<unk>", "</s>", "<image>"]
+    vocab = {tok: i for i, tok in enumerate(specials + TINY_WORDS + [":", "?", ".", ","])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="</s> $A", pair="</s> $A </s> $B", special_tokens=[("</s>", vocab["</s>"])]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="</s>",
+        eos_token="</s>",
+        additional_special_tokens=["<image>"],
+        padding_side="left",
+    )
+    return fast
+
+
+def tiny_blip2_config(vocab_size: int, image_token_index: int, llm: str = "opt") -> Blip2Config:
+    """A 2-layer ViT / Q-Former / LLM BLIP-2 config small enough for unit tests."""
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+        image_size=IMAGE_SIZE, patch_size=8, initializer_range=0.02,
+    )
+    qformer = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+        encoder_hidden_size=32, cross_attention_frequency=2,
+    )
+    if llm == "opt":
+        text = dict(
+            model_type="opt", hidden_size=48, ffn_dim=96, num_hidden_layers=3, num_attention_heads=2,
+            vocab_size=vocab_size, max_position_embeddings=128, word_embed_proj_dim=48,
+            pad_token_id=0, bos_token_id=2, eos_token_id=2,
+        )
+    elif llm == "t5":
+        text = dict(
+            model_type="t5", d_model=48, d_ff=96, d_kv=24, num_layers=2, num_decoder_layers=2,
+            num_heads=2, vocab_size=vocab_size, feed_forward_proj="gated-gelu",
+            pad_token_id=0, eos_token_id=2, decoder_start_token_id=0, tie_word_embeddings=False,
+        )
+    else:
+        raise ValueError(llm)
+    return Blip2Config(
+        vision_config=vision, qformer_config=qformer, text_config=text,
+        num_query_tokens=NUM_QUERY_TOKENS, image_token_index=image_token_index,
+    )
+
+
+def make_tiny_blip2(seed: int = 0, llm: str = "opt"):
+    """Return (model, processor) for a tiny random BLIP-2 with non-degenerate weights."""
+    tokenizer = tiny_tokenizer()
+    image_token_index = tokenizer.convert_tokens_to_ids("<image>")
+    config = tiny_blip2_config(len(tokenizer), image_token_index, llm=llm)
+    torch.manual_seed(seed)
+    model = Blip2ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.query_tokens.normal_(0.0, 0.5)
+    image_processor = BlipImageProcessorPil(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+    processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
+    return model, processor
