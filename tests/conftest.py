@@ -30,3 +30,15 @@ def tiny_blip2_t5_dir(tmp_path_factory):
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory):
+    """A tiny random LLaVA-1.5 saved like a real checkpoint."""
+    from tiny_models import make_tiny_llava
+
+    model, processor = make_tiny_llava(seed=0)
+    path = tmp_path_factory.mktemp("tiny-llava")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -28,7 +28,8 @@ def doc_to_visual(doc):
 def generate_requests(contexts, gen_kwargs, task="t", split="test"):
     """generate_until Instances over docs 0..n-1 of ``task``."""
     return [
-        Instance("generate_until", (ctx, dict(gen_kwargs), doc_to_visual, i, task, split), idx=0)
+        Instance("generate_until", (ctx, dict(gen_kwargs), doc_to_visual, i, task, split), idx=0,
+                 metadata={"task": task, "doc_id": i, "repeats": 1})
         for i, ctx in enumerate(contexts)
     ]
 
@@ -36,6 +37,7 @@ def generate_requests(contexts, gen_kwargs, task="t", split="test"):
 def loglikelihood_requests(pairs, task="t", split="test"):
     """loglikelihood Instances; ``pairs`` holds (doc_id, context, continuation)."""
     return [
-        Instance("loglikelihood", (ctx, cont, doc_to_visual, doc_id, task, split), idx=0)
+        Instance("loglikelihood", (ctx, cont, doc_to_visual, doc_id, task, split), idx=0,
+                 metadata={"task": task, "doc_id": doc_id, "repeats": 1})
         for doc_id, ctx, cont in pairs
     ]

@@ -81,9 +81,54 @@ def make_tiny_blip2(seed: int = 0, llm: str = "opt"):
     model = Blip2ForConditionalGeneration(config).eval()
     with torch.no_grad():
         model.query_tokens.normal_(0.0, 0.5)
+        if llm == "t5":  # keep a random T5 from ending (or padding) at once, so tests see text
+            model.language_model.lm_head.weight[:4] = 0.0
     image_processor = BlipImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_normalize=True,
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     )
     processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
+    return model, processor
+
+
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
+    "{% else %}{{ item['text'] }}{% endif %}{% endfor %} "
+    "{% else %}ASSISTANT: {% for item in message['content'] %}{{ item['text'] }}{% endfor %}</s>"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def make_tiny_llava(seed: int = 0):
+    """Return (model, processor) for a tiny random LLaVA-1.5 (CLIP ViT + MLP projector + Llama)."""
+    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_tokens(["USER", "ASSISTANT", "\n"])
+    image_token_index = tokenizer.convert_tokens_to_ids("<image>")
+    config = LlavaConfig(
+        vision_config=dict(
+            model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+            num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=8, projection_dim=32,
+        ),
+        text_config=dict(
+            model_type="llama", hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=2, num_key_value_heads=2, vocab_size=len(tokenizer),
+            max_position_embeddings=128, pad_token_id=0, bos_token_id=2, eos_token_id=2,
+        ),
+        image_token_index=image_token_index, vision_feature_layer=-2,
+        vision_feature_select_strategy="default", projector_hidden_act="gelu",
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
     return model, processor

@@ -207,7 +207,23 @@ class MMQModel(lmms):
 
     # ---- lmms-eval requests ------------------------------------------------------------
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        """Batched greedy/beam/sampled generation honouring ``gen_kwargs``."""
+        """Batched greedy/beam/sampled generation honouring ``gen_kwargs``.
+
+        Requests whose ``gen_kwargs`` carry ``mmq_retrieval`` are image-text retrieval docs:
+        they are scored together (every image against every caption) instead.
+        """
+        retrieval = [i for i, req in enumerate(requests) if "mmq_retrieval" in req.args[1]]
+        if retrieval:
+            from mmq_eval.models.retrieval import retrieval_outputs
+
+            outputs = retrieval_outputs(self, [requests[i] for i in retrieval])
+            others = [req for i, req in enumerate(requests) if i not in set(retrieval)]
+            generated = iter(self._generate_requests(others) if others else [])
+            answers = dict(zip(retrieval, outputs))
+            return [answers[i] if i in answers else next(generated) for i in range(len(requests))]
+        return self._generate_requests(requests)
+
+    def _generate_requests(self, requests: list[Instance]) -> list[str]:
         collator = lmms_utils.Collator(
             [req.args for req in requests], lambda a: (-len(a[0]), a[0]), grouping=True
         )
@@ -287,7 +303,7 @@ class MMQModel(lmms):
             inputs = self._encode(images, prompts)
             labels = self.tokenizer(
                 [c.strip() for c in continuations], return_tensors="pt", padding=True,
-                padding_side="right",
+                padding_side="right", add_special_tokens=False,
             ).to(self._device)
             with torch.inference_mode():
                 logits = self._model(**inputs, labels=labels.input_ids).logits.float()

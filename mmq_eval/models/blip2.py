@@ -35,6 +35,9 @@ class MMQBlip2(MMQModel):
         self._model = load_model(
             BLIP2_CLASSES[architecture], source, self.args.torch_dtype(), self._device
         )
+        # A decoder-only LLM continues on the right, so pad on the left; T5's encoder uses
+        # relative positions between query tokens and text, so its padding must stay on the right.
+        self._processor.tokenizer.padding_side = "left" if self._decoder_only else "right"
 
     def _require_language_model(self) -> None:
         if self._architecture == "Blip2ForImageTextRetrieval":
@@ -53,9 +56,9 @@ class MMQBlip2(MMQModel):
         """BLIP-2 places the image itself; lmms-eval ``<image>`` markers are dropped."""
         return context.replace("<image>", "").strip()
 
-    def generate_until(self, requests):
+    def _generate_requests(self, requests):
         self._require_language_model()
-        return super().generate_until(requests)
+        return super()._generate_requests(requests)
 
     def loglikelihood(self, requests):
         self._require_language_model()

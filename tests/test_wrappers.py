@@ -1,4 +1,4 @@
-"""mmq_blip2 on tiny random BLIP-2 checkpoints: batching, gen_kwargs, loglikelihood, errors."""
+"""mmq_blip2 / mmq_llava on tiny random checkpoints: batching, gen_kwargs, loglikelihood, errors."""
 
 import math
 
@@ -8,12 +8,17 @@ import torch
 from lmms_requests import generate_requests, loglikelihood_requests, make_docs
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.models.blip2 import MMQBlip2
+from mmq_eval.models.llava import MMQLlava
 
 N_DOCS = 8
 
 
-def make_model(path, **kwargs):
-    lm = MMQBlip2(pretrained=str(path), device="cpu", quant_cache="none", **kwargs)
+WRAPPERS = {"tiny_blip2_dir": MMQBlip2, "tiny_blip2_t5_dir": MMQBlip2, "tiny_llava_dir": MMQLlava}
+ALL = list(WRAPPERS)
+
+
+def make_model(path, cls=MMQBlip2, **kwargs):
+    lm = cls(pretrained=str(path), device="cpu", quant_cache="none", **kwargs)
     lm.task_dict = {"t": {"test": make_docs(N_DOCS)}}
     return lm
 
@@ -26,12 +31,12 @@ CONTEXTS = ["", "Question: what color is it ? Answer:", "<image>a photo of", "tw
             "Question: how many ? Answer:", "", "a", "question : what shape ?"]
 
 
-@pytest.mark.parametrize("fixture", ["tiny_blip2_dir", "tiny_blip2_t5_dir"])
+@pytest.mark.parametrize("fixture", ALL)
 def test_batch_sizes_give_identical_generations(request, fixture):
-    path = request.getfixturevalue(fixture)
+    path, cls = request.getfixturevalue(fixture), WRAPPERS[fixture]
     gen = {"max_new_tokens": 6, "temperature": 0, "num_beams": 1, "do_sample": False}
-    one = make_model(path, batch_size=1).generate_until(generate_requests(CONTEXTS, gen))
-    four = make_model(path, batch_size="4").generate_until(generate_requests(CONTEXTS, gen))
+    one = make_model(path, cls, batch_size=1).generate_until(generate_requests(CONTEXTS, gen))
+    four = make_model(path, cls, batch_size="4").generate_until(generate_requests(CONTEXTS, gen))
     assert one == four
     assert len(one) == N_DOCS and any(one)
 
@@ -50,9 +55,9 @@ def test_gen_kwargs_max_new_tokens_and_until(tiny_blip2_dir):
     assert stopped[0] == long[0].split(stop, 1)[0].strip()
 
 
-@pytest.mark.parametrize("fixture", ["tiny_blip2_dir", "tiny_blip2_t5_dir"])
+@pytest.mark.parametrize("fixture", ALL)
 def test_loglikelihood_chain_rule_greedy_and_batching(request, fixture):
-    lm = make_model(request.getfixturevalue(fixture), batch_size=1)
+    lm = make_model(request.getfixturevalue(fixture), WRAPPERS[fixture], batch_size=1)
     greedy = lm.generate_until(generate_requests(["Question: what color ? Answer:"], {"max_new_tokens": 2}))[0]
     first, second = greedy.split()[:2]
     ctx = "Question: what color ? Answer:"
@@ -68,7 +73,9 @@ def test_loglikelihood_chain_rule_greedy_and_batching(request, fixture):
     for (a, ga), (b, gb) in zip(single, batched):
         assert a == pytest.approx(b, abs=1e-4) and ga == gb
     (both, both_greedy), (lp1, g1), (lp2, g2), (lp_unk, _) = single
-    if lm._decoder_only:  # decoder-only: p(a b | c) = p(a | c) p(b | c a)
+    if isinstance(lm, MMQBlip2) and lm._decoder_only:
+        # p(a b | c) = p(a | c) p(b | c a); BLIP-2 prompts are the context as is (LLaVA's chat
+        # template puts the context inside the user turn, so the identity does not apply there)
         assert both == pytest.approx(lp1 + lp2, abs=1e-4)
         assert g1 and g2
     assert both_greedy
@@ -117,3 +124,10 @@ def test_uniform_llm_bits_quantizes_only_the_llm(tiny_blip2_dir):
     changed = {n for n, p in q.model.named_parameters() if not torch.equal(p, fp_params[n])}
     assert changed and all(n.startswith("language_model.") and n.endswith(".weight") for n in changed)
     assert q.quant_report.bpw < 16.0
+
+
+def test_family_mismatch_is_a_clear_error(tiny_blip2_dir, tiny_llava_dir):
+    with pytest.raises(MMQConfigError, match=r"is a LlavaForConditionalGeneration, not a BLIP-2 checkpoint.*use mmq_llava"):
+        MMQBlip2(pretrained=str(tiny_llava_dir), device="cpu")
+    with pytest.raises(MMQConfigError, match=r"is a Blip2ForConditionalGeneration, not a LLaVA checkpoint"):
+        MMQLlava(pretrained=str(tiny_blip2_dir), device="cpu")
