@@ -1,0 +1,84 @@
+"""Evaluators: load the full-precision model once, then score one quantization spec per call.
+
+An evaluator is a callable ``evaluator(spec) -> (bpw, {task: {metric: value}})`` built by a
+factory ``factory(model: dict, tasks: list, limit: int | None)``; it may also have
+``check(spec)``, the model-dependent validation run on every configuration before the first
+evaluation.
+``MMQ_SWEEP_EVALUATOR=package.module:factory`` swaps in another factory (tests use a fake).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from mmq_eval.errors import MMQConfigError
+
+Evaluator = Callable[[Any], "tuple[float, dict]"]
+ENV_HOOK = "MMQ_SWEEP_EVALUATOR"
+
+
+def metrics_of(results: dict) -> dict:
+    """lmms-eval ``results`` -> ``{task: {metric: float}}`` (stderr and non-numbers dropped).
+
+    Keys look like ``"cider,none"``; a filter other than ``none`` is kept as a suffix.
+    """
+    out = {}
+    for task, values in results.items():
+        metrics = {}
+        for key, val in values.items():
+            name, _, filt = key.partition(",")
+            if not filt or "_stderr" in name or isinstance(val, bool) or not isinstance(val, (int, float)):
+                continue
+            metrics[name if filt == "none" else f"{name}_{filt}"] = float(val)
+        out[task] = metrics
+    return out
+
+
+class LmmsEvaluator:
+    """An ``mmq_*`` model loaded once at full precision, scored with lmms-eval in-process."""
+
+    def __init__(self, model: dict, tasks: list, limit: int | None):
+        from lmms_eval.models import get_model
+        from lmms_eval.tasks import TaskManager
+
+        from mmq_eval.cli import tasks_path
+        from mmq_eval.sweep.spec import DEFAULT_MODEL, our_task_names
+
+        args = dict(model)
+        self.lm = get_model(args.pop("name", DEFAULT_MODEL))(**args)
+        self.tasks, self.limit = list(tasks), limit
+        ours = our_task_names(tasks_path())
+        self.task_manager = TaskManager(
+            verbosity="WARNING", include_path=str(tasks_path()),
+            include_defaults=not all(t in ours for t in tasks),
+        )
+
+    def check(self, spec) -> None:
+        """Model-dependent checks of ``spec`` (raises MMQConfigError naming the setting)."""
+        spec.validate_for(self.lm.model)
+
+    def __call__(self, spec) -> tuple[float, dict]:
+        from lmms_eval.evaluator import simple_evaluate
+
+        report = self.lm.apply_quant(spec)
+        out = simple_evaluate(
+            model=self.lm, tasks=self.tasks, task_manager=self.task_manager, limit=self.limit,
+            bootstrap_iters=0, log_samples=False, verbosity="WARNING",
+        )
+        return float(report.bpw), metrics_of(out["results"])
+
+
+def make_evaluator(model: dict, tasks: list, limit: int | None) -> Evaluator:
+    """The evaluator for a sweep: :class:`LmmsEvaluator` unless ``$MMQ_SWEEP_EVALUATOR`` is set."""
+    hook = os.environ.get(ENV_HOOK)
+    if not hook:
+        return LmmsEvaluator(model, tasks, limit)
+    module, _, name = hook.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise MMQConfigError(f"${ENV_HOOK}={hook!r}: cannot import factory ({err}); expected package.module:callable") from err
+    return factory(model, tasks, limit)

@@ -1,0 +1,64 @@
+"""Run a sweep shard: one loaded model, one quantize-and-evaluate per configuration."""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mmq_eval.errors import MMQConfigError
+from mmq_eval.sweep.evaluate import make_evaluator
+from mmq_eval.sweep.spec import Sweep, shard_configs
+from mmq_eval.sweep.store import ResultStore, finished_ids, shard_path
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """What one shard run did."""
+
+    total: int  # configurations in this shard
+    skipped: int  # already finished before this run
+    ran: int
+    results_file: Path
+
+
+def run_sweep(sweep: Sweep, out_dir: str | Path, shard: tuple[int, int] = (0, 1),
+              progress: bool = True) -> ShardSummary:
+    """Evaluate this shard's unfinished configurations, appending one line to the results each."""
+    index, count = shard
+    configs = shard_configs(sweep.configs, index, count)
+    done = finished_ids(out_dir)
+    todo = [c for c in configs if c.config_id not in done]
+    store = ResultStore(shard_path(out_dir, index, count))
+    bar = tqdm(total=len(configs), initial=len(configs) - len(todo), unit="cfg",
+               desc=f"sweep {index}/{count}", disable=not progress, dynamic_ncols=True)
+    evaluator = make_evaluator(sweep.model, sweep.tasks, sweep.limit) if todo else None
+    for cfg in todo if hasattr(evaluator, "check") else []:
+        try:
+            evaluator.check(cfg.quant)
+        except MMQConfigError as err:
+            raise MMQConfigError(f"configuration {cfg.config_id} ({cfg.quant.describe()}): {err}") from err
+    host = socket.gethostname()
+    for cfg in todo:
+        bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in cfg.features.items()), refresh=False)
+        start = time.perf_counter()
+        bpw, results = evaluator(cfg.quant)
+        store.append({
+            "config_id": cfg.config_id,
+            "model": sweep.model["pretrained"],
+            "quant": cfg.quant.to_dict(),
+            "features": cfg.features,
+            "bpw": bpw,
+            "results": results,
+            "elapsed_s": round(time.perf_counter() - start, 3),
+            "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "host": host,
+            "shard": f"{index}/{count}",
+        })
+        bar.update(1)
+    bar.close()
+    return ShardSummary(len(configs), len(configs) - len(todo), len(todo), store.path)
