@@ -1,0 +1,180 @@
+"""Layer-sequential calibration plumbing: capture a stack's first-block inputs, run blocks, gather stats.
+
+One forward of the (already partly quantized) model per stack records the arguments its first
+block receives — stopped early by raising from a pre-hook when the block runs once per forward.
+Afterwards each block runs on the recorded arguments alone, and its output becomes the next
+block's input (`advance`), so calibration never repeats full-model passes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mmq_eval.errors import MMQConfigError
+from mmq_eval.quant.arch import Stack
+
+
+class _StopForward(Exception):
+    """Raised from a hook to end a forward once the wanted inputs are captured."""
+
+
+@dataclass
+class Sample:
+    """Arguments of one block call (bound by name) and the padding mask of its tokens."""
+
+    kwargs: dict
+    mask: Tensor | None
+    first_arg: str
+
+
+@contextmanager
+def caching_disabled(model: nn.Module):
+    """Turn off KV caches in every sub-config for the duration (captured kwargs must not hold caches)."""
+    saved = []
+    for mod in model.modules():
+        cfg = getattr(mod, "config", None)
+        configs = [cfg] + [getattr(cfg, k, None) for k in ("text_config", "vision_config", "qformer_config")]
+        for c in configs:
+            if c is not None and getattr(c, "use_cache", None) is True and all(c is not s[0] for s in saved):
+                saved.append((c, True))
+                c.use_cache = False
+    try:
+        yield
+    finally:
+        for c, v in saved:
+            c.use_cache = v
+
+
+def _bind(module: nn.Module, args: tuple, kwargs: dict) -> tuple[dict, str]:
+    sig = inspect.signature(module.forward)
+    bound = sig.bind(*args, **kwargs)
+    out = {}
+    for name, value in bound.arguments.items():
+        if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        elif sig.parameters[name].kind is inspect.Parameter.VAR_POSITIONAL:
+            raise TypeError(f"{type(module).__name__}.forward takes *args; cannot replay its inputs")
+        else:
+            out[name] = value
+    first = next(iter(sig.parameters))
+    return out, first
+
+
+def _token_mask(batch: dict, key: str | None, hidden: Tensor) -> Tensor | None:
+    if key is None or key not in batch or not isinstance(hidden, Tensor) or hidden.dim() < 3:
+        return None
+    mask = batch[key]
+    if tuple(mask.shape) != tuple(hidden.shape[:2]):
+        return None
+    return mask.to(device=hidden.device).bool()
+
+
+@torch.no_grad()
+def capture_stack_inputs(model: nn.Module, stack: Stack, batches: list[dict]) -> list[Sample]:
+    """Run the model on each batch and record every call of the stack's first block."""
+    first = model.get_submodule(stack.blocks[0])
+    samples: list[Sample] = []
+    current: dict = {}
+
+    def hook(module, args, kwargs):
+        bound, first_arg = _bind(module, args, kwargs)
+        mask = _token_mask(current["batch"], stack.mask_key, bound[first_arg])
+        samples.append(Sample(bound, mask, first_arg))
+        if stack.single_call:
+            raise _StopForward
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with caching_disabled(model):
+            for batch in batches:
+                current["batch"] = batch
+                try:
+                    model(**batch)
+                except _StopForward:
+                    pass
+    finally:
+        handle.remove()
+    if not samples:
+        raise _never_run(stack, "")
+    return samples
+
+
+@torch.no_grad()
+def check_reached(model: nn.Module, stacks: list[Stack], batch: dict) -> None:
+    """Before any quantization: one forward on `batch` must run the first block of every stack."""
+    reached: set[str] = set()
+    handles = [model.get_submodule(s.blocks[0]).register_forward_pre_hook(
+        lambda m, a, path=s.blocks[0]: reached.add(path)) for s in stacks]
+    failure = ""
+    try:
+        with caching_disabled(model):
+            model(**batch)
+    except Exception as err:  # noqa: BLE001 - reported below with the stack it kept from running
+        failure = f" (the forward failed first: {type(err).__name__}: {err})"
+    finally:
+        for h in handles:
+            h.remove()
+    for s in stacks:
+        if s.blocks[0] not in reached:
+            raise _never_run(s, failure)
+
+
+def _never_run(stack: Stack, why: str) -> MMQConfigError:
+    return MMQConfigError(
+        f"the calibration batches never run {stack.blocks[0]}{why}: give calibration inputs that use it "
+        "(a T5 language model needs decoder_input_ids or labels) or leave it unquantized"
+    )
+
+
+def block_output(output) -> Tensor:
+    return output if isinstance(output, Tensor) else output[0]
+
+
+def advance(sample: Sample, output, carry: str) -> Sample:
+    """The next block's arguments: this block's output in place of its first argument."""
+    kwargs = dict(sample.kwargs)
+    kwargs[sample.first_arg] = block_output(output)
+    if carry == "t5":
+        kwargs["position_bias"] = output[1]
+        if output[2] is not None:
+            kwargs["encoder_decoder_position_bias"] = output[2]
+    return Sample(kwargs, sample.mask, sample.first_arg)
+
+
+class InputStats:
+    """Forward hooks on Linears that hand each call's (masked, flattened) input rows to a callback."""
+
+    def __init__(self, modules: dict[str, nn.Linear], on_input):
+        self.mask: Tensor | None = None
+        self._handles = [m.register_forward_hook(self._hook(name), with_kwargs=True) for name, m in modules.items()]
+        self._on_input = on_input
+
+    def _hook(self, name: str):
+        def hook(module, args, kwargs, output):
+            x = args[0] if args else next(iter(kwargs.values()))
+            if self.mask is not None and tuple(x.shape[:-1]) == tuple(self.mask.shape):
+                x = x[self.mask]
+            else:
+                x = x.reshape(-1, x.shape[-1])
+            self._on_input(name, x)
+        return hook
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, samples: list[Sample], stats: InputStats | None = None) -> list:
+    """Run `block` on every sample (setting the stats' token mask per sample); return the outputs."""
+    outputs = []
+    for s in samples:
+        if stats is not None:
+            stats.mask = s.mask
+        outputs.append(block(**s.kwargs))
+    return outputs

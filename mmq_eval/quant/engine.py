@@ -1,0 +1,281 @@
+"""quantize_model: apply a QuantSpec to a model in place (fake quantization) and report what it did.
+
+uniform / rtn quantize each targeted Linear from its weights alone. gptq / awq calibrate
+layer-sequentially: for each component in pipeline order, for each stack of blocks, one forward of
+the partly quantized model captures the first block's inputs; then per block the targeted Linears'
+statistics are gathered from one forward of the block, the block is quantized, and the quantized
+block runs once to produce the next block's inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmq_eval.errors import MMQConfigError
+from mmq_eval.quant import awq as awq_mod
+from mmq_eval.quant.bpw import bits_per_weight, coverage, coverage_dicts
+from mmq_eval.quant.cache import QuantCache, cache_key, weights_fingerprint
+from mmq_eval.quant.calibration import (
+    InputStats,
+    advance,
+    capture_stack_inputs,
+    check_reached,
+    run_block,
+)
+from mmq_eval.quant.formats import fake_quantize
+from mmq_eval.quant.gptq import HessianAccumulator, gptq_quantize, relative_output_error
+from mmq_eval.quant.plan import QuantPlan
+from mmq_eval.quant.report import LayerRecord, QuantReport
+from mmq_eval.quant.spec import QuantSpec
+
+logger = logging.getLogger(__name__)
+
+
+def _rel_err(W: torch.Tensor, Q: torch.Tensor) -> float:
+    W, Q = W.float(), Q.float()
+    n = torch.linalg.vector_norm(W)
+    return float(torch.linalg.vector_norm(Q - W) / n) if n > 0 else 0.0
+
+
+class _Run:
+    """State of one quantize_model call: records, notes, changed parameter names."""
+
+    def __init__(self, model: nn.Module, plan: QuantPlan, progress: bool):
+        self.model, self.plan, self.spec, self.progress = model, plan, plan.spec, progress
+        self.records: dict[str, LayerRecord] = {}
+        self.notes: list[str] = list(plan.notes)
+        self.changed: list[str] = []
+        self.awq_unscaled: dict[tuple[str, str], int] = {}  # (component, Linear in block) -> blocks
+
+    def set_weight(self, name: str, Q: torch.Tensor, **extra) -> None:
+        lin = self.model.get_submodule(name)
+        W = lin.weight.detach()
+        fmt, li = self.plan.targets[name], self.plan.info(name)
+        err = _rel_err(W, Q)
+        with torch.no_grad():
+            lin.weight.copy_(Q.to(W.dtype))
+        self.records[name] = LayerRecord(name, li.component, li.block, li.role, fmt.bits, fmt.group_size,
+                                         fmt.sym, err, fallback=fmt.fallback, **extra)
+        logger.debug("%s: %d bit, weight rel. error %.4f, output rel. error %s", name, fmt.bits, err,
+                     extra.get("output_rel_err"))
+        self.changed.append(f"{name}.weight")
+
+    # ---- data-free methods ------------------------------------------------------------------
+
+    def direct(self) -> None:
+        for name, fmt in tqdm(self.plan.targets.items(), desc=f"{self.spec.method} quantization",
+                              disable=not self.progress):
+            W = self.model.get_submodule(name).weight.detach()
+            self.set_weight(name, fake_quantize(W, fmt.bits, fmt.group_size, fmt.sym))
+
+    # ---- calibrated methods -----------------------------------------------------------------
+
+    def sequential(self, batches: list[dict], timings: dict) -> None:
+        block_fn = self.gptq_block if self.spec.method == "gptq" else self.awq_block
+        check_reached(self.model, [s for c in self.plan.arch.components for s in c.stacks
+                                   if any(self.plan.targets_in_block(b) for b in s.blocks)], batches[0])
+        for comp in self.plan.arch.components:
+            stacks = [(s, [i for i, b in enumerate(s.blocks) if self.plan.targets_in_block(b)]) for s in comp.stacks]
+            stacks = [(s, idx) for s, idx in stacks if idx]
+            if not stacks:
+                continue
+            t0 = time.perf_counter()
+            for stack, with_targets in stacks:
+                samples = capture_stack_inputs(self.model, stack, batches)
+                last = with_targets[-1]
+                bar = tqdm(stack.blocks[: last + 1], desc=f"{self.spec.method} {comp.name}", disable=not self.progress)
+                for i, block_path in enumerate(bar):
+                    block = self.model.get_submodule(block_path)
+                    names = self.plan.targets_in_block(block_path)
+                    if names:
+                        block_fn(block, block_path, stack.kind, names, samples)
+                        errs = [self.records[n].output_rel_err or 0.0 for n in names]
+                        bar.set_postfix(max_out_err=f"{max(errs):.4f}")
+                    if i < last:
+                        outputs = run_block(block, samples)
+                        samples = [advance(s, o, stack.carry) for s, o in zip(samples, outputs)]
+            timings[comp.name] = time.perf_counter() - t0
+        for (comp, rel), count in sorted(self.awq_unscaled.items()):
+            self.notes.append(f"awq {comp}: no input scale for {rel} in {count} block{'s' * (count > 1)} "
+                              "(no exact fold, or no scale beat none); clip search only")
+
+    def _collect(self, block: nn.Module, names: list[str], samples: list, on_input) -> None:
+        mods = {n: self.model.get_submodule(n) for n in names}
+        stats = InputStats(mods, on_input)
+        try:
+            run_block(block, samples, stats)
+        finally:
+            stats.remove()
+
+    def _unseen(self, name: str) -> None:
+        fmt = self.plan.targets[name]
+        self.notes.append(f"{name}: not reached by the calibration inputs; round-to-nearest instead")
+        W = self.model.get_submodule(name).weight.detach()
+        self.set_weight(name, fake_quantize(W, fmt.bits, fmt.group_size, fmt.sym))
+
+    def gptq_block(self, block, block_path, kind, names, samples) -> None:
+        acc = {n: HessianAccumulator(self.model.get_submodule(n).in_features,
+                                     self.model.get_submodule(n).weight.device) for n in names}
+        self._collect(block, names, samples, lambda n, x: acc[n].add(x))
+        for name in names:
+            if acc[name].count == 0:
+                self._unseen(name)
+                continue
+            H = acc.pop(name).hessian()
+            fmt = self.plan.targets[name]
+            W = self.model.get_submodule(name).weight.detach().float()
+            res = gptq_quantize(W, H, fmt.bits, fmt.group_size, fmt.sym, act_order=self.spec.act_order,
+                                static_groups=self.spec.static_groups, damp=self.spec.damp, name=name)
+            if res.retries:
+                self.notes.append(f"{name}: Hessian not positive definite; damping raised to {res.damp:g}")
+            self.set_weight(name, res.weight, output_rel_err=relative_output_error(W, res.weight, H), damp=res.damp)
+
+    def awq_block(self, block, block_path, kind, names, samples) -> None:
+        cap = awq_mod.rows_per_call(awq_mod.SCALE_TOKENS, len(samples))
+        abs_sum: dict[str, torch.Tensor] = {}
+        count: dict[str, int] = {}
+        rows: dict[str, list] = {n: [] for n in names}
+
+        def on_input(name, x):
+            x = x.float()
+            abs_sum[name] = abs_sum.get(name, 0) + x.abs().sum(0)
+            count[name] = count.get(name, 0) + x.shape[0]
+            if x.shape[0] > cap:
+                x = x[torch.linspace(0, x.shape[0] - 1, cap, device=x.device).long()]
+            rows[name].append(x)
+
+        self._collect(block, names, samples, on_input)
+        X = {n: torch.cat(r)[: awq_mod.SCALE_TOKENS] for n, r in rows.items() if r}
+        prefix = f"{block_path}."
+        targeted = {n[len(prefix):] for n in names}
+        scaled: set[str] = set()
+        for group in awq_mod.scale_groups(kind, block):
+            members = set(group.linears) | ({group.prev} if group.prev_kind != "norm" else set())
+            first = f"{prefix}{group.linears[0]}"
+            if not members <= targeted or first not in X:
+                continue
+            lins = [block.get_submodule(r) for r in group.linears]
+            s = awq_mod.search_scale([m.weight for m in lins], X[first], abs_sum[first] / count[first],
+                                     self.plan.targets[first])
+            if s is None:
+                continue
+            with torch.no_grad():
+                changed = awq_mod.fold_scale(block, group, s)
+            self.changed += [f"{prefix}{c}" for c in changed]
+            for r in group.linears:
+                X[f"{prefix}{r}"] = X[f"{prefix}{r}"] / s
+                scaled.add(r)
+        for name in names:
+            if name not in X:
+                self._unseen(name)
+                continue
+            rel = name[len(prefix):]
+            if rel not in scaled:
+                key = (self.plan.info(name).component, self.plan.info(name).relative_name)
+                self.awq_unscaled[key] = self.awq_unscaled.get(key, 0) + 1
+            fmt = self.plan.targets[name]
+            W = self.model.get_submodule(name).weight.detach()
+            clip = awq_mod.search_clip(W, X[name], fmt) if awq_mod.clip_eligible(rel) else None
+            Q = awq_mod.quantize_with_clip(W, clip, fmt)
+            H = X[name].t() @ X[name]
+            self.set_weight(name, Q, output_rel_err=relative_output_error(W, Q, H),
+                            awq_scaled=rel in scaled, awq_clipped=clip is not None)
+
+
+SMALL_LAYER = 1 << 20  # weights; below this, CPU thread hand-offs cost more than they save
+
+
+@contextmanager
+def _threads_for(model: nn.Module, plan: QuantPlan):
+    """One CPU thread for models whose targeted Linears are all small (≤ 1M weights).
+
+    Calibration of such models is thousands of tiny ops; with several threads each op pays a
+    hand-off, which on a loaded machine made GPTQ on a tiny BLIP-2 25x slower.
+    """
+    infos = [plan.info(n) for n in plan.targets]
+    small = all(li.in_features * li.out_features <= SMALL_LAYER for li in infos)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    n = torch.get_num_threads()
+    if not (small and on_cpu) or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _calibration_info(batches: list[dict] | None) -> dict | None:
+    if not batches:
+        return None
+    sizes = [next((v.shape[0] for v in b.values() if isinstance(v, torch.Tensor)), 0) for b in batches]
+    return {"batches": len(batches), "samples": sum(sizes)}
+
+
+def quantize_model(
+    model: nn.Module,
+    spec: QuantSpec,
+    calib_batches: list[dict] | None = None,
+    *,
+    progress: bool = True,
+    cache_dir: str | None = None,
+    model_id: str | None = None,
+) -> QuantReport:
+    """Quantize `model` in place per `spec` (weights replaced by dequantized values, same dtype).
+
+    calib_batches: dicts of tensors that ``model(**batch)`` accepts, already on the model's device;
+    required for gptq / awq. With `cache_dir`, results are stored under a key of model id, spec and
+    calibration, and a later identical call loads them instead of quantizing again.
+    """
+    t_start = time.perf_counter()
+    plan = spec.validate_for(model)
+    if spec.needs_calibration and not calib_batches:
+        raise MMQConfigError(f"method={spec.method} needs calibration batches (calib_samples={spec.calib_samples})")
+    model_id = model_id or getattr(model.config, "_name_or_path", None) or None
+    cache = None
+    if cache_dir and not spec.is_noop:
+        if not model_id:
+            raise MMQConfigError("cache_dir given but the model has no id: pass model_id")
+        fp = weights_fingerprint(model, list(plan.targets))
+        cache = QuantCache(cache_dir, cache_key(model_id, spec, fp, calib_batches))
+        if cache.exists():
+            return cache.load(model)
+
+    run = _Run(model, plan, progress)
+    timings: dict[str, float] = {}
+    model_was_training = model.training
+    model.eval()
+    try:
+        with _threads_for(model, plan):
+            if spec.is_noop:
+                pass
+            elif spec.method in ("uniform", "rtn"):
+                run.direct()
+            else:
+                run.sequential(calib_batches, timings)
+    finally:
+        model.train(model_was_training)
+    timings["total"] = time.perf_counter() - t_start
+
+    summary = bits_per_weight(model, plan.targets)
+    target_weights = {f"{n}.weight" for n in plan.targets}
+    report = QuantReport(
+        spec=spec.to_dict(), arch=plan.arch.arch, model_id=model_id,
+        bpw=summary.bpw, bpw_seed=summary.bpw_seed, total_params=summary.total_params,
+        quantized_params=summary.quantized_params, metadata_bits=summary.metadata_bits,
+        coverage=coverage_dicts(coverage(plan)),
+        layers=[run.records[n] for n in plan.targets if n in run.records],
+        notes=run.notes, timings=timings,
+        folded=[p for p in dict.fromkeys(run.changed) if p not in target_weights],
+        calibration=_calibration_info(calib_batches) if spec.needs_calibration else None,
+    )
+    if cache is not None:
+        cache.save(model, list(dict.fromkeys(run.changed)), report)
+    return report

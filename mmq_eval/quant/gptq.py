@@ -1,0 +1,178 @@
+"""GPTQ (Frantar et al., 2022): quantize a Linear column by column, correcting later columns for
+each column's rounding error through the inverse Hessian of the layer-wise squared error.
+
+Vectorised float32 implementation with lazy batch updates (columns processed in blocks of 128,
+the rest of the matrix updated once per block with a matmul), Cholesky factor of the inverse
+Hessian, groups (dynamic or static), activation order, and dead-column handling.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mmq_eval.quant.formats import group_qparams, quantize_codes
+
+MAX_DAMP_RETRIES = 4
+
+
+class HessianAccumulator:
+    """Accumulates H = 2/n · Σ x xᵀ over calibration tokens (rows of x)."""
+
+    def __init__(self, n_features: int, device: torch.device):
+        self.sum = torch.zeros(n_features, n_features, dtype=torch.float32, device=device)
+        self.count = 0
+
+    def add(self, x: Tensor) -> None:
+        x = x.float()
+        self.sum.addmm_(x.t(), x)
+        self.count += x.shape[0]
+
+    def hessian(self) -> Tensor:
+        return self.sum * (2.0 / max(self.count, 1))
+
+
+@dataclass
+class GPTQResult:
+    weight: Tensor  # dequantized (float32, or float64 for float64 input), original column order
+    codes: Tensor  # integer codes (float32 holding integers), original column order
+    scale: Tensor  # per column (out, in)
+    zero: Tensor  # per column (out, in)
+    damp: float  # relative damping finally used
+    retries: int  # how many times the damping was raised 10x
+
+
+def inverse_hessian_factor(H: Tensor, damp: float, name: str = "layer") -> tuple[Tensor, float, int]:
+    """Upper Cholesky factor U of (H + λI)⁻¹ (Uᵀ U = H⁻¹), λ = damp · mean(diag H).
+
+    A non-positive-definite H is retried with 10× the damping, with a warning, up to
+    MAX_DAMP_RETRIES times.
+    """
+    mean_diag = torch.mean(torch.diag(H))
+    idx = torch.arange(H.shape[0], device=H.device)
+    for retry in range(MAX_DAMP_RETRIES + 1):
+        Hd = H.clone()
+        Hd[idx, idx] += damp * mean_diag
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if info == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if info == 0:
+                return U, damp, retry
+        if retry < MAX_DAMP_RETRIES:
+            warnings.warn(f"GPTQ {name}: Hessian not positive definite at damp={damp:g}; retrying with {damp * 10:g}")
+            damp *= 10
+    raise RuntimeError(f"GPTQ {name}: Hessian not positive definite even at damp={damp:g}")
+
+
+@contextmanager
+def _one_cpu_thread(t: Tensor):
+    """The per-column steps touch one short vector each: on CPU, thread hand-offs cost more than
+    they save (10x slower on a loaded 2-core machine), so run them on one thread."""
+    n = torch.get_num_threads()
+    if t.device.type != "cpu" or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@torch.no_grad()
+def gptq_quantize(
+    W: Tensor,
+    H: Tensor,
+    bits: int,
+    group_size: int,
+    sym: bool,
+    *,
+    act_order: bool = False,
+    static_groups: bool = False,
+    damp: float = 0.01,
+    block_size: int = 128,
+    name: str = "layer",
+) -> GPTQResult:
+    """GPTQ-quantize weight W (out, in) given the Hessian H (in, in) of its inputs.
+
+    group_size = in_features means per channel. Computes in float32 (float64 if W is float64).
+    Returns dequantized weights and integer codes.
+    """
+    dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
+    W = W.detach().to(dtype, copy=True)
+    H = H.detach().to(dtype, copy=True)
+    rows, cols = W.shape
+    maxq = 2**bits - 1
+    grouped = group_size < cols
+
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    if not grouped:
+        scale, zero = group_qparams(W, bits, cols, sym)  # (rows, 1)
+    elif static_groups:
+        g_scale, g_zero = group_qparams(W, bits, group_size, sym)  # (rows, groups)
+
+    perm = None
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W = W[:, perm]
+        H = H[perm][:, perm]
+    order = perm.tolist() if perm is not None else range(cols)  # original index of each column
+
+    U, damp_used, retries = inverse_hessian_factor(H, damp, name)
+    del H
+
+    # Work on Wᵀ so that a column of W is a contiguous row: the per-column updates stay in cache.
+    WT = W.t().contiguous()
+    del W
+    codes = torch.empty_like(WT)
+    col_scale = torch.empty_like(WT)
+    col_zero = torch.empty_like(WT)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1 = WT[i1:i2]  # view: updates land in WT
+        U1 = U[i1:i2, i1:i2]
+        err = torch.empty(i2 - i1, rows, device=WT.device, dtype=dtype)
+        with _one_cpu_thread(WT):
+            for i in range(i2 - i1):
+                col = i1 + i
+                if grouped:
+                    if static_groups:
+                        g = order[col] // group_size
+                        scale, zero = g_scale[:, g:g + 1], g_zero[:, g:g + 1]
+                    elif col % group_size == 0:
+                        scale, zero = group_qparams(WT[col:col + group_size].t(), bits, group_size, sym)
+                s, z = scale[:, 0], zero[:, 0]
+                w = W1[i]
+                q = quantize_codes(w, s, z, maxq)
+                codes[col] = q
+                col_scale[col] = s
+                col_zero[col] = z
+                e = err[i]
+                torch.sub(w, s * (q - z), out=e)
+                e.div_(U1[i, i])
+                W1[i + 1:].addr_(U1[i, i + 1:], e, alpha=-1)
+        WT[i2:].addmm_(U[i1:i2, i2:].t(), err, alpha=-1)
+
+    codes, col_scale, col_zero = codes.t(), col_scale.t(), col_zero.t()
+    if perm is not None:
+        inv = torch.argsort(perm)
+        codes, col_scale, col_zero = codes[:, inv], col_scale[:, inv], col_zero[:, inv]
+    weight = col_scale * (codes - col_zero)
+    return GPTQResult(weight, codes, col_scale, col_zero, damp_used, retries)
+
+
+def relative_output_error(W: Tensor, Q: Tensor, H: Tensor) -> float:
+    """‖X(Q − W)ᵀ‖² / ‖X Wᵀ‖² on the calibration tokens, from H ∝ XᵀX."""
+    W, Q, H = W.float(), Q.float(), H.float()
+    D = Q - W
+    num = torch.sum((D @ H) * D)
+    den = torch.sum((W @ H) * W)
+    return float(num / den) if den > 0 else 0.0

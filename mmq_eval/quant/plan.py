@@ -1,0 +1,114 @@
+"""Resolve a QuantSpec against a model: which Linears get which format, or why the spec is invalid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from mmq_eval.errors import MMQConfigError
+from mmq_eval.quant.arch import ArchMap, LinearInfo, block_group, resolve_arch
+from mmq_eval.quant.spec import COMPONENTS, QuantSpec
+
+
+@dataclass(frozen=True)
+class LayerFormat:
+    """Storage format of one quantized Linear weight.
+
+    group_size: columns per (scale, zero) group; equals in_features for per-channel and is 0 for the
+    per-tensor uniform format.
+    """
+
+    bits: int
+    group_size: int
+    sym: bool
+    fallback: bool = False  # the default group size did not divide in_features: per channel instead
+
+    @property
+    def per_tensor(self) -> bool:
+        return self.group_size == 0
+
+
+@dataclass
+class QuantPlan:
+    arch: ArchMap
+    spec: QuantSpec
+    targets: dict[str, LayerFormat]  # Linear name -> format, in pipeline order
+    notes: list[str] = field(default_factory=list)
+
+    def info(self, name: str) -> LinearInfo:
+        return self._by_name[name]
+
+    def __post_init__(self):
+        self._by_name = {li.name: li for li in self.arch.linears}
+
+    def targets_in_block(self, block_path: str) -> list[str]:
+        return [n for n in self.targets if self._by_name[n].block_path == block_path]
+
+
+def _selected(spec: QuantSpec, li: LinearInfo, n_blocks: int) -> bool:
+    if li.block is None:  # projector: no blocks, no roles
+        return True
+    return (block_group(li.block, n_blocks) in spec.component_groups(li.component)
+            and li.role in spec.component_types(li.component))
+
+
+def _format_for(spec: QuantSpec, li: LinearInfo, bits: int) -> LayerFormat:
+    gs = spec.effective_group_size
+    if gs == 0:
+        return LayerFormat(bits, 0, sym=False)
+    if gs == -1:
+        return LayerFormat(bits, li.in_features, spec.sym)
+    if li.in_features % gs == 0:
+        return LayerFormat(bits, gs, spec.sym)
+    if spec.group_size is not None:
+        raise MMQConfigError(
+            f"group_size={gs} does not divide the input width {li.in_features} of {li.name}; "
+            "choose a divisor of every targeted layer's input width or -1 (per channel)"
+        )
+    return LayerFormat(bits, li.in_features, spec.sym, fallback=True)
+
+
+def build_plan(model: nn.Module, spec: QuantSpec) -> QuantPlan:
+    """Check `spec` against `model` and list the targeted Linears; MMQConfigError names the argument."""
+    arch = resolve_arch(model)
+    present = set(arch.component_names)
+    for c in COMPONENTS:
+        keys = [k for k, d in (("bits", spec.component_bits_override), ("layer_group", spec.group_override),
+                               ("layer_type", spec.type_override)) if c in d]
+        if keys and c not in present:
+            raise MMQConfigError(
+                f"{c}_{keys[0]}: {arch.arch} has no {c} component "
+                f"(components: {', '.join(arch.component_names)})"
+            )
+    targets: dict[str, LayerFormat] = {}
+    fallbacks: dict[tuple, int] = {}
+    notes = list(arch.notes)
+    if spec.is_noop:
+        return QuantPlan(arch, spec, targets, notes)
+    for comp in arch.components:
+        bits = spec.component_bits(comp.name)
+        if bits >= 16:
+            continue
+        n_blocks = len(comp.blocks)
+        chosen = [li for li in arch.linears if li.component == comp.name and _selected(spec, li, n_blocks)]
+        if not chosen:
+            gkey, tkey = spec.setting_key(comp.name, "layer_group"), spec.setting_key(comp.name, "layer_type")
+            thirds = {g: [i for i in range(n_blocks) if block_group(i, n_blocks) == g]
+                      for g in ("first", "middle", "last")}
+            raise MMQConfigError(
+                f"{gkey}={spec.group_override.get(comp.name, spec.layer_group)} with "
+                f"{tkey}={spec.type_override.get(comp.name, spec.layer_type)} selects no Linear of "
+                f"{comp.name} ({n_blocks} blocks; thirds first/middle/last = "
+                f"{thirds['first']}/{thirds['middle']}/{thirds['last']})"
+            )
+        for li in chosen:
+            fmt = _format_for(spec, li, bits)
+            targets[li.name] = fmt
+            if fmt.fallback:
+                key = (li.component, li.relative_name, li.in_features)
+                fallbacks[key] = fallbacks.get(key, 0) + 1
+    for (comp, rel, width), count in fallbacks.items():
+        notes.append(f"{comp}: default group size {spec.effective_group_size} does not divide in_features={width} "
+                     f"of {rel} ({count} Linear{'s' * (count > 1)}); per channel instead")
+    return QuantPlan(arch, spec, targets, notes)

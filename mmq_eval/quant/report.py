@@ -1,0 +1,96 @@
+"""QuantReport: what a quantization run did (spec, bpw, coverage, per-layer errors, timings)."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    component: str
+    block: int | None
+    role: str
+    bits: int
+    group_size: int  # 0 = per tensor; in_features = per channel
+    sym: bool
+    weight_rel_err: float  # ‖Ŵ − W‖ / ‖W‖
+    output_rel_err: float | None = None  # ‖X(Ŵ − W)ᵀ‖² / ‖XWᵀ‖² on calibration tokens
+    fallback: bool = False  # default group size did not divide: per channel
+    damp: float | None = None  # GPTQ damping finally used
+    awq_scaled: bool | None = None  # AWQ: an input scale was folded in
+    awq_clipped: bool | None = None
+
+
+@dataclass
+class QuantReport:
+    spec: dict
+    arch: str
+    model_id: str | None
+    bpw: float
+    bpw_seed: float
+    total_params: int
+    quantized_params: int
+    metadata_bits: int
+    coverage: list[dict]
+    layers: list[LayerRecord]
+    notes: list[str] = field(default_factory=list)
+    folded: list[str] = field(default_factory=list)  # non-target parameters AWQ scales were folded into
+    timings: dict = field(default_factory=dict)
+    calibration: dict | None = None
+    cached: bool = False
+
+    def error_summary(self) -> dict:
+        """Per component: Linears, mean/max weight and output relative errors."""
+        out: dict[str, dict] = {}
+        for comp in dict.fromkeys(r.component for r in self.layers):
+            recs = [r for r in self.layers if r.component == comp]
+            d = {"linears": len(recs),
+                 "weight_rel_err_mean": statistics.fmean(r.weight_rel_err for r in recs),
+                 "weight_rel_err_max": max(r.weight_rel_err for r in recs)}
+            outs = [r.output_rel_err for r in recs if r.output_rel_err is not None]
+            if outs:
+                d["output_rel_err_mean"] = statistics.fmean(outs)
+                d["output_rel_err_max"] = max(outs)
+            out[comp] = d
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["errors"] = self.error_summary()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantReport:
+        d = dict(d)
+        d.pop("errors", None)
+        d["layers"] = [LayerRecord(**r) for r in d["layers"]]
+        return cls(**d)
+
+    def format_table(self) -> str:
+        """Human-readable coverage, bits per weight, errors and notes."""
+        lines = [f"quantization: {self.spec.get('method')} on {self.arch}"
+                 + (f" ({self.model_id})" if self.model_id else "") + (" [from cache]" if self.cached else "")]
+        head = f"{'component':<10} {'third':<7} {'role':<5} {'bits':>5} {'linears':>9} {'params quantized':>26}"
+        lines += [head, "-" * len(head)]
+        for r in self.coverage:
+            frac = r["params_quantized"] / r["params"] if r["params"] else 0.0
+            lines.append(
+                f"{r['component']:<10} {r['block_group']:<7} {r['role']:<5} {r['bits']:>5} "
+                f"{r['linears_quantized']:>4}/{r['linears']:<4} "
+                f"{r['params_quantized']:>11,}/{r['params']:<11,} {frac:>4.0%}"
+            )
+        lines.append(
+            f"bits per weight: {self.bpw:.4f} (incl. scale/zero metadata; {self.bpw_seed:.4f} without, seed convention); "
+            f"{self.quantized_params:,} of {self.total_params:,} parameters quantized"
+        )
+        for comp, e in self.error_summary().items():
+            s = f"  {comp}: {e['linears']} Linears, weight rel. error mean {e['weight_rel_err_mean']:.4f}"
+            if "output_rel_err_mean" in e:
+                s += f", output rel. error mean {e['output_rel_err_mean']:.4f} max {e['output_rel_err_max']:.4f}"
+            lines.append(s)
+        if self.timings:
+            lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)

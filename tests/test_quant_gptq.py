@@ -1,0 +1,130 @@
+"""GPTQ against a plain reference implementation of the original algorithm, and against RTN."""
+
+import pytest
+import torch
+
+from mmq_eval.quant.formats import fake_quantize
+from mmq_eval.quant.gptq import HessianAccumulator, gptq_quantize, relative_output_error
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def reference_gptq(W, H, bits, group_size, sym, damp=0.01, act_order=False, static_groups=False):
+    """Frantar et al.'s algorithm as published, column by column, no lazy batching.
+
+    Quantizer: per (row, group) min–max with the range widened to contain 0; asymmetric zero
+    round(−min/scale), symmetric range ±max|w| with zero (maxq+1)/2. Returns integer codes.
+    """
+    W, H = W.clone().double(), H.clone().double()
+    cols = W.shape[1]
+    maxq = 2**bits - 1
+
+    def params(w):
+        xmin, xmax = w.min(1).values.clamp(max=0), w.max(1).values.clamp(min=0)
+        if sym:
+            xmax = torch.maximum(xmin.abs(), xmax)
+            xmin = -xmax
+        empty = (xmin == 0) & (xmax == 0)
+        xmin[empty], xmax[empty] = -1.0, 1.0
+        scale = (xmax - xmin) / maxq
+        zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-xmin / scale)
+        return scale, zero
+
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    if group_size == cols:
+        scale, zero = params(W)
+    if static_groups:
+        static = [params(W[:, g:g + group_size]) for g in range(0, cols, group_size)]
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
+    W, H = W[:, perm], H[perm][:, perm]
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q = torch.zeros_like(W)
+    for j in range(cols):
+        if group_size < cols:
+            if static_groups:
+                scale, zero = static[int(perm[j]) // group_size]
+            elif j % group_size == 0:
+                scale, zero = params(W[:, j:j + group_size])
+        w = W[:, j]
+        q = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+        Q[:, j] = q
+        err = (w - scale * (q - zero)) / Hinv[j, j]
+        W[:, j:] -= torch.outer(err, Hinv[j, j:])
+    return Q[:, torch.argsort(perm)]
+
+
+def _layer(out_f, in_f, tokens, seed):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(out_f, in_f, generator=g, dtype=torch.float64)
+    # correlated, unevenly scaled inputs: what makes GPTQ differ from RTN
+    mix = torch.randn(in_f, in_f, generator=g, dtype=torch.float64) / in_f**0.5 + torch.eye(in_f, dtype=torch.float64)
+    X = torch.randn(tokens, in_f, generator=g, dtype=torch.float64) @ mix
+    X = X * torch.rand(in_f, generator=g, dtype=torch.float64).mul(3).add(0.1)
+    return W, X
+
+
+@pytest.mark.parametrize("bits,group_size,sym,act_order,static_groups", [
+    (4, 64, False, False, False),
+    (3, 64, True, False, False),
+    (4, 32, False, True, False),
+    (4, 32, False, True, True),
+    (2, 64, False, False, True),
+])
+def test_same_integer_codes_as_reference(bits, group_size, sym, act_order, static_groups):
+    W, X = _layer(48, 64, 512, seed=bits + group_size)
+    X[:, 5] = 0  # a dead input feature
+    H = 2 * X.t() @ X / X.shape[0]
+    ref = reference_gptq(W, H, bits, group_size, sym, act_order=act_order, static_groups=static_groups)
+    ours = gptq_quantize(W.float(), H.float(), bits, group_size, sym, act_order=act_order,
+                         static_groups=static_groups, block_size=16)
+    assert torch.equal(ours.codes.double(), ref)
+    assert torch.all(ours.weight[:, 5] == 0)  # dead column: weight 0
+    assert torch.allclose(ours.weight, ours.scale * (ours.codes - ours.zero))
+
+
+def test_per_channel_codes_and_values_per_row():
+    W, X = _layer(32, 48, 256, seed=1)
+    H = 2 * X.t() @ X / X.shape[0]
+    ours = gptq_quantize(W.float(), H.float(), 3, 48, sym=False)
+    assert torch.equal(ours.codes.double(), reference_gptq(W, H, 3, 48, False))
+    for row in ours.weight:
+        assert row.unique().numel() <= 8
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_calibration_error_below_rtn(bits):
+    # more tokens than input features (with fewer GPTQ overfits the calibration set)
+    W, X = _layer(96, 128, 1024, seed=bits)
+    W, X = W.float(), X.float()
+    acc = HessianAccumulator(128, W.device)
+    for chunk in X.split(100):
+        acc.add(chunk)
+    H = acc.hessian()
+    assert torch.allclose(H, 2 * X.t() @ X / X.shape[0], rtol=1e-4, atol=1e-3)
+    gptq = gptq_quantize(W, H, bits, 128, sym=False).weight
+    rtn = fake_quantize(W, bits, 128, sym=False)
+
+    def err(Q):
+        return ((X @ (Q - W).t()) ** 2).sum() / ((X @ W.t()) ** 2).sum()
+
+    assert err(gptq) < 0.8 * err(rtn)
+    assert relative_output_error(W, gptq, H) == pytest.approx(float(err(gptq)), rel=1e-3)
+
+
+def test_non_positive_definite_hessian_retries_with_more_damping():
+    H = torch.tensor([[1.0, 3.0], [3.0, 1.0]])  # eigenvalues −2 and 4: PD only from damp 10 on
+    W = torch.tensor([[0.3, -0.7], [1.0, 0.2]])
+    with pytest.warns(UserWarning, match="not positive definite"):
+        res = gptq_quantize(W, H, 4, 2, sym=False, damp=0.01)
+    assert res.retries == 3 and res.damp == pytest.approx(10.0)
+    with pytest.raises(RuntimeError, match="not positive definite"), pytest.warns(UserWarning):
+        gptq_quantize(W, -torch.eye(2) * 1e6 + H, 4, 2, sym=False, damp=0.01)
