@@ -131,3 +131,22 @@ def test_family_mismatch_is_a_clear_error(tiny_blip2_dir, tiny_llava_dir):
         MMQBlip2(pretrained=str(tiny_llava_dir), device="cpu")
     with pytest.raises(MMQConfigError, match=r"is a Blip2ForConditionalGeneration, not a LLaVA checkpoint"):
         MMQLlava(pretrained=str(tiny_blip2_dir), device="cpu")
+
+
+def test_gptq_through_model_args_on_t5_and_opt(tiny_blip2_dir, tiny_blip2_t5_dir, tmp_path):
+    """Calibration batches reach every component (T5 needs decoder inputs) and GPTQ changes
+    exactly the targeted LLM weights."""
+    from PIL import Image
+
+    images = tmp_path / "calib"
+    images.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 255 - 60 * i, 90)).save(images / f"{i}.png")
+    for path in (tiny_blip2_dir, tiny_blip2_t5_dir):
+        fp = make_model(path)
+        q = make_model(path, method="gptq", llm_bits=4, group_size=-1, calib_samples=4,
+                       calib_data=str(images))
+        fp_params = dict(fp.model.named_parameters())
+        changed = {n for n, p in q.model.named_parameters() if not torch.equal(p, fp_params[n])}
+        assert changed and all(n.startswith("language_model.") for n in changed), path
+        assert q.quant_report.to_dict()["calibration"], path

@@ -147,7 +147,11 @@ class MMQModel(lmms):
             chunk = examples[start:start + CALIB_BATCH_SIZE]
             images = [image for image, _ in chunk]
             texts = [self._format_prompt(text) for _, text in chunk]
-            batches.append(self._encode(images, texts))
+            batch = self._encode(images, texts)
+            if not self._decoder_only:  # an encoder-decoder LLM needs decoder inputs too
+                labels = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
+                batch["labels"] = labels.input_ids.masked_fill(labels.attention_mask == 0, -100).to(self._device)
+            batches.append(batch)
         return batches
 
     def apply_quant(self, spec, keep_full_precision: bool = True):
