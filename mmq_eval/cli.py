@@ -97,8 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mmq_blip2 --model_args pretrained=mmq:shapes-blip2,llm_bits=4,method=uniform "
         "--tasks mmq_shapes_cap",
     )
-    run.add_argument("lmms_eval_args", nargs=argparse.REMAINDER)
-    run.set_defaults(func=lambda args: run_lmms_eval(args.lmms_eval_args))
+    run.set_defaults(func=lambda args: run_lmms_eval([]))
     path = sub.add_parser("tasks-path", help="print the task-config folder for --include_path")
     path.set_defaults(func=lambda args: print(tasks_path()) or 0)
     for module_name in SUBCOMMAND_MODULES.values():
@@ -114,7 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mmq-eval`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if argv[:1] == ["run"] and not {"-h", "--help"} & set(argv[1:2]):
+        # everything after 'run' belongs to lmms-eval (argparse would claim its --options)
+        args = argparse.Namespace(func=lambda _: run_lmms_eval(argv[1:]))
+    else:
+        args = parser.parse_args(argv)
     from mmq_eval.errors import MMQConfigError, MMQDataError
 
     try:
