@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = {
     "sweep": "mmq_eval.sweep.cli",
     "report": "mmq_eval.report.cli",
     "regress": "mmq_eval.regress",
+    "prepare-data": "mmq_eval.data.prepare",
 }
 
 

@@ -1,0 +1,58 @@
+"""``mmq-eval prepare-data <dataset> --from <raw dir>``: official downloads -> the data root."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from mmq_eval.data.layout import data_root
+from mmq_eval.errors import MMQConfigError, MMQDataError
+
+#: Data set name -> module with ``prepare(raw_dir, root, **options)``.
+DATASETS = {
+    "coco_karpathy": "mmq_eval.data.coco_karpathy",
+    "coco2017": "mmq_eval.data.coco2017",
+    "vqav2": "mmq_eval.data.vqav2",
+    "gqa": "mmq_eval.data.gqa",
+}
+
+
+def prepare(dataset: str, raw_dir, data_dir=None, **options) -> list[Path]:
+    """Convert ``dataset``'s official files in ``raw_dir``; return the files written."""
+    if dataset not in DATASETS:
+        raise MMQConfigError(f"unknown data set {dataset!r}; choose from {', '.join(DATASETS)}")
+    raw = Path(raw_dir).expanduser()
+    if not raw.is_dir():
+        raise MMQDataError(f"--from {raw}: no such folder")
+    module = importlib.import_module(DATASETS[dataset])
+    return module.prepare(raw, data_root(data_dir), **options)
+
+
+def _handler(args: argparse.Namespace) -> int:
+    options = {}
+    if args.calib_size is not None or args.seed is not None:
+        if args.dataset != "coco_karpathy":
+            raise MMQConfigError("--calib-size and --seed apply to coco_karpathy only")
+        options = {k: v for k, v in (("calib_size", args.calib_size), ("seed", args.seed)) if v is not None}
+    for path in prepare(args.dataset, args.raw_dir, args.data_dir, **options):
+        print(f"wrote {path}")
+    if args.data_dir and data_root(args.data_dir).resolve() != data_root().resolve():
+        print(f"the mmq_* tasks read $MMQ_DATA_DIR: export MMQ_DATA_DIR={data_root(args.data_dir)}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``prepare-data`` subcommand."""
+    parser = subparsers.add_parser(
+        "prepare-data", help="convert an official data set download for the mmq_* tasks",
+        description="Write the files (images embedded) that the mmq_* tasks read, under "
+        "--data-dir, else $MMQ_DATA_DIR, else ~/.cache/mmq-eval/data. See docs/data.md.",
+    )
+    parser.add_argument("dataset", choices=list(DATASETS))
+    parser.add_argument("--from", dest="raw_dir", required=True, help="folder with the official files")
+    parser.add_argument("--data-dir", help="data root to write to (tasks read $MMQ_DATA_DIR)")
+    parser.add_argument("--calib-size", type=int,
+                        help="coco_karpathy: training images in the calibration sample (default 2000; 0: none)")
+    parser.add_argument("--seed", type=int, help="coco_karpathy: seed of the calibration sample (default 0)")
+    parser.set_defaults(func=_handler)
