@@ -37,6 +37,7 @@ DEFAULTS = {
     "itm_score": "logit",
 }
 MAX_WORDS = 50
+ITM_BATCH = 128
 
 
 def blip_caption(text: str) -> str:
@@ -203,7 +204,7 @@ def gallery_ranks(model, processor, images: list, refs: list[list[str]], setting
         logits = itm_logits(model, vit[img], ids[txt], mask[txt]).float()
         return logits.softmax(dim=-1)[:, 1] if settings["itm_score"] == "prob" else logits[:, 1]
 
-    scores_i2t, scores_t2i = rerank(sims, itm_term, settings["k_test"], settings["k_test"])
+    scores_i2t, scores_t2i = rerank(sims, itm_term, settings["k_test"], ITM_BATCH)
     correct = correct_pairs([[blip_caption(t) for t in r] for r in refs], settings["match_identical_captions"])
     return ranks_from_scores(scores_i2t, correct), ranks_from_scores(scores_t2i, correct.t())
 

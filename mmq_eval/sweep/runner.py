@@ -41,10 +41,10 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, shard: tuple[int, int] = (0, 1)
         try:
             evaluator.check(cfg.quant)
         except MMQConfigError as err:
-            raise MMQConfigError(f"configuration {cfg.config_id} ({cfg.quant.describe()}): {err}") from err
+            raise MMQConfigError(f"configuration {cfg.config_id} ({_describe(cfg.features)}): {err}") from err
     host = socket.gethostname()
     for cfg in todo:
-        bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in cfg.features.items()), refresh=False)
+        bar.set_postfix_str(_describe(cfg.features), refresh=False)
         start = time.perf_counter()
         bpw, results = evaluator(cfg.quant)
         store.append({
@@ -62,3 +62,8 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, shard: tuple[int, int] = (0, 1)
         bar.update(1)
     bar.close()
     return ShardSummary(len(configs), len(configs) - len(todo), len(todo), store.path)
+
+
+def _describe(features: dict) -> str:
+    """One line naming a configuration by its sweep features."""
+    return " ".join(f"{k}={v}" for k, v in features.items())

@@ -1,0 +1,1 @@
+"""Packaged model checkpoints (the trained shapes BLIP-2)."""

@@ -1,0 +1,222 @@
+"""Train the shapes BLIP-2 from scratch on CPU (captioning + VQA) and evaluate it on the test split.
+
+    python -m mmq_eval.shapes.train --out DIR --minutes 10 --seed 0
+    python -m mmq_eval.shapes.train --out DIR --steps 3 --eval-size 4     # smoke test
+
+`--steps N` gives a bit-reproducible run. With --minutes the cosine schedule follows the CPU
+time this process has used (so a busy machine slows the run but does not shorten it); the steps
+it reached are recorded in training.json. On a shared machine use --threads 1: two threads
+fighting other processes for two cores run up to ten times slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+from mmq_eval.shapes.model import build_shapes_blip2
+from mmq_eval.shapes.tokenizer import NUM_QUERY_TOKENS, build_processor
+from mmq_eval.shapes.world import (
+    CAPTION_PROMPT,
+    VQA_PROMPT,
+    balanced_vqa,
+    canonical_caption,
+    captions,
+    make_scene,
+    make_scenes,
+    render,
+    vqa_items,
+)
+
+WARMUP_STEPS = 100
+
+
+def pixel_values(images) -> torch.Tensor:
+    """Images to normalised tensors, identical to the processor's output for 64x64 inputs."""
+    arr = np.stack([np.asarray(img, dtype=np.float32) for img in images]) / 255.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) * 2.0 - 1.0
+
+
+def training_batch(tokenizer, start: int, size: int, rng: random.Random, caption_mix: float):
+    """Train-split scenes start..start+size, half captioning and half VQA, loss on targets only."""
+    prompts, targets, images = [], [], []
+    for index in range(start, start + size):
+        scene = make_scene("train", index)
+        images.append(render(scene))
+        if rng.random() < 0.5:
+            prompts.append(CAPTION_PROMPT)
+            mixed = rng.random() < caption_mix
+            targets.append(rng.choice(captions(scene)) if mixed else canonical_caption(scene))
+        else:
+            item = rng.choice(vqa_items(scene))
+            prompts.append(VQA_PROMPT.format(question=item.question))
+            targets.append(item.answer)
+    image_ids = [tokenizer.convert_tokens_to_ids("<image>")] * NUM_QUERY_TOKENS
+    prompt_ids = tokenizer(prompts)["input_ids"]
+    target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
+    rows = [
+        (image_ids + p, t + [tokenizer.eos_token_id]) for p, t in zip(prompt_ids, target_ids)
+    ]
+    length = max(len(p) + len(t) for p, t in rows)
+    input_ids = torch.full((size, length), tokenizer.pad_token_id)
+    labels = torch.full((size, length), -100)
+    mask = torch.zeros((size, length), dtype=torch.long)
+    for i, (p, t) in enumerate(rows):
+        n = len(p) + len(t)
+        input_ids[i, :n] = torch.tensor(p + t)
+        labels[i, len(p):n] = torch.tensor(t)
+        mask[i, :n] = 1
+    return dict(input_ids=input_ids, attention_mask=mask, labels=labels,
+                pixel_values=pixel_values(images))
+
+
+@torch.no_grad()
+def generate(model, processor, images, prompts, max_new_tokens: int, batch_size: int = 50):
+    """Greedy answers, exactly as the lmms-eval wrapper asks for them (new tokens only)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        inputs = processor(images=images[i:i + batch_size], text=prompts[i:i + batch_size],
+                           return_tensors="pt", padding=True)
+        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new = ids[:, inputs["input_ids"].shape[1]:]
+        out += [t.strip() for t in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return out
+
+
+def cider(predictions: dict[int, str], references: dict[int, list[str]]) -> float:
+    """Corpus CIDEr-D (pycocoevalcap, PTB-tokenised) of predictions against references."""
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
+    res = tok.tokenize({k: [{"caption": predictions[k]}] for k in references})
+    return float(Cider().compute_score(gts, res)[0])
+
+
+def evaluate(model, processor, n_captions: int = 200, n_questions: int = 500) -> dict:
+    """Test-split CIDEr (5 references) and VQA exact-match accuracy, overall and per type."""
+    model.eval()
+    scenes = make_scenes("test", n_captions)
+    preds = generate(model, processor, [render(s) for s in scenes],
+                     [CAPTION_PROMPT] * len(scenes), max_new_tokens=24)
+    score = cider({s.index: p for s, p in zip(scenes, preds)},
+                  {s.index: captions(s) for s in scenes})
+    pairs = balanced_vqa("test", n_questions)
+    answers = generate(model, processor, [render(s) for s, _ in pairs],
+                       [VQA_PROMPT.format(question=q.question) for _, q in pairs],
+                       max_new_tokens=3)
+    hits: dict[str, list[bool]] = {}
+    for (_, q), a in zip(pairs, answers):
+        hits.setdefault(q.question_type, []).append(a == q.answer)
+    every = [h for v in hits.values() for h in v]
+    return {
+        "cider": round(score, 4),
+        "vqa_accuracy": round(sum(every) / len(every), 4),
+        "vqa_accuracy_by_type": {t: round(sum(v) / len(v), 4) for t, v in hits.items()},
+        "examples": preds[:3],
+    }
+
+
+def example_loss(model, batch: dict) -> torch.Tensor:
+    """Mean over examples of each example's mean target-token loss.
+
+    Weighting examples, not tokens, keeps one-word VQA answers from being drowned out by
+    captions that are ten times longer.
+    """
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits[:, :-1]
+    targets = labels[:, 1:]
+    token_loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    ).view(targets.shape)
+    counts = (targets != -100).sum(1).clamp(min=1)
+    return (token_loss.sum(1) / counts).mean()
+
+
+def learning_rate(step: int, progress: float, peak: float) -> float:
+    """Linear warm-up over the first steps, then cosine decay (over progress 0..1) to 5% of peak."""
+    if step < WARMUP_STEPS:
+        return peak * (step + 1) / WARMUP_STEPS
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train(out: Path, seed: int, minutes: float, steps: int | None, batch_size: int, lr: float,
+          caption_mix: float, eval_size: int, threads: int) -> dict:
+    """Run training and evaluation; save model, processor and training.json into `out`."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    processor = build_processor()
+    model = build_shapes_blip2(processor.tokenizer, seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98),
+                            fused=True)
+    start, cpu_start = time.time(), time.process_time()
+    step, progress = 0, 0.0
+    while progress < 1.0:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, progress, lr)
+        batch = training_batch(processor.tokenizer, step * batch_size, batch_size, rng, caption_mix)
+        loss = example_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        cpu_s = time.process_time() - cpu_start
+        progress = step / steps if steps else cpu_s / (minutes * 60)
+        if step % 100 == 0 or progress >= 1.0:
+            print(f"step {step} loss {loss.item():.4f} cpu {cpu_s:.0f}s "
+                  f"wall {time.time() - start:.0f}s", flush=True)
+    train_s, cpu_s = time.time() - start, time.process_time() - cpu_start
+    metrics = evaluate(model, processor, n_captions=eval_size,
+                       n_questions=max(5, int(eval_size * 2.5)))
+    print(json.dumps(metrics), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    record = {
+        "seed": seed, "budget_cpu_minutes": None if steps else minutes, "steps": step,
+        "batch_size": batch_size, "peak_lr": lr,
+        "warmup_steps": WARMUP_STEPS, "caption_mix": caption_mix,
+        "threads": threads, "train_wall_s": round(train_s, 1), "train_cpu_s": round(cpu_s, 1),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "eval": {"split": "test", "caption_scenes": eval_size, **metrics},
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--minutes", type=float, default=10.0,
+                    help="training budget in CPU minutes of this process")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="fixed step count (overrides --minutes)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--caption-mix", type=float, default=0.0,
+                    help="probability of training on a random reference instead of the canonical")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--eval-size", type=int, default=200,
+                    help="test captions to score (VQA questions: 2.5x as many)")
+    a = ap.parse_args(argv)
+    train(a.out, a.seed, a.minutes, a.steps, a.batch_size, a.lr, a.caption_mix, a.eval_size,
+          a.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Train the shapes LLaVA from scratch on CPU (captioning + VQA) and evaluate it on the test split.
+
+    python -m mmq_eval.shapes.train_llava --out DIR --minutes 10 --seed 0
+    python -m mmq_eval.shapes.train_llava --out DIR --steps 3 --eval-size 4     # smoke test
+
+Every example is a single-turn LLaVA-1.5 chat, ``USER: <image>\\n{instruction} ASSISTANT:``
+followed by the target and ``</s>``; the loss covers only the target tokens. Several examples
+about one image are packed into one row behind the shared image prefix, with a block attention
+mask and position ids that make each exactly equivalent to its own single-turn sequence (multi-
+turn chats were tried first: later turns learned to answer from the earlier answers in the
+text). `--steps N` gives a bit-reproducible run; with --minutes the cosine schedule follows
+elapsed time (robust to a busy CPU) and the steps reached are recorded in training.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from mmq_eval.shapes.llava_model import (
+    CAPTION_INSTRUCTION,
+    NEWLINE,
+    NUM_IMAGE_TOKENS,
+    VQA_INSTRUCTION,
+    build_llava_processor,
+    build_shapes_llava,
+    user_prompt,
+)
+from mmq_eval.shapes.train import cider, generate, pixel_values
+from mmq_eval.shapes.world import (
+    QUESTION_TYPES,
+    balanced_vqa,
+    canonical_caption,
+    captions,
+    make_scene,
+    make_scenes,
+    render,
+    vqa_items,
+)
+
+WARMUP_STEPS = 50
+
+
+def learning_rate(step: int, progress: float, peak: float) -> float:
+    """Linear warm-up over the first steps, then cosine decay (over progress 0..1) to 5% of peak."""
+    if step < WARMUP_STEPS:
+        return peak * (step + 1) / WARMUP_STEPS
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class PromptIds:
+    """Token ids of chat-template prompts with the image token expanded (as the processor does).
+
+    Every prompt starts with the same image prefix ``</s> USER : <image>*64 \\n``
+    (`prefix_len` tokens); the rest depends on the user text only.
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self._cache: dict[str, list[int]] = {}
+        newline = self.tokenizer.convert_tokens_to_ids(NEWLINE)
+        probe = self(CAPTION_INSTRUCTION)
+        self.prefix = probe[:probe.index(newline) + 1]
+        self.prefix_len = len(self.prefix)
+
+    def __call__(self, text: str) -> list[int]:
+        if text not in self._cache:
+            prompt = user_prompt(self.processor, text)
+            image = self.processor.image_token
+            prompt = prompt.replace(image, image * NUM_IMAGE_TOKENS)
+            ids = self.tokenizer(prompt)["input_ids"]
+            if hasattr(self, "prefix") and ids[:self.prefix_len] != self.prefix:
+                raise ValueError(f"prompt for {text!r} does not start with the image prefix")
+            self._cache[text] = ids
+        return self._cache[text]
+
+
+def image_examples(scene, rng: random.Random, k: int, vqa_fraction: float,
+                   caption_mix: float) -> list[tuple[str, str]]:
+    """Up to `k` distinct (user text, target) single-turn examples about one scene.
+
+    Each is the caption request (at most once, with probability 1 - vqa_fraction) or a
+    question of a uniformly drawn type.
+    """
+    items, out, captioned = vqa_items(scene), [], False
+    for _ in range(k):
+        if not captioned and (rng.random() >= vqa_fraction or not items):
+            mixed = rng.random() < caption_mix
+            out.append((CAPTION_INSTRUCTION,
+                        rng.choice(captions(scene)) if mixed else canonical_caption(scene)))
+            captioned = True
+        elif items:
+            qtype = rng.choice(sorted({q.question_type for q in items}))
+            item = rng.choice([q for q in items if q.question_type == qtype])
+            items.remove(item)
+            out.append((VQA_INSTRUCTION.format(question=item.question), item.answer))
+    return out
+
+
+def pack_row(prompt_ids: PromptIds, examples: list[tuple[str, str]]):
+    """One sequence holding `examples` (single-turn chats about one image) behind a shared prefix.
+
+    Returns ids, labels, position ids and segment ids (0: image prefix, k: example k). With the
+    mask of `packed_attention_mask` and these positions, every example sees exactly what it
+    would see alone (the prefix, then itself, at the same positions), so the packed row trains
+    k independent single-turn examples while the image prefix is computed once.
+    """
+    tokenizer, n = prompt_ids.tokenizer, prompt_ids.prefix_len
+    ids, labels = list(prompt_ids.prefix), [-100] * n
+    positions, segments = list(range(n)), [0] * n
+    for k, (text, target) in enumerate(examples, start=1):
+        tail = prompt_ids(text)[n:]
+        answer = tokenizer(target, add_special_tokens=False)["input_ids"]
+        answer = answer + [tokenizer.eos_token_id]
+        ids += tail + answer
+        labels += [-100] * len(tail) + answer
+        positions += range(n, n + len(tail) + len(answer))
+        segments += [k] * (len(tail) + len(answer))
+    return ids, labels, positions, segments
+
+
+def packed_attention_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(B, 1, L, L) boolean mask: causal, within one example or onto the image prefix.
+
+    `segments` is (B, L) with 0 for the prefix, k >= 1 for example k and -1 for padding (padding
+    attends to itself, so no row is empty).
+    """
+    length = segments.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    same = segments[:, :, None] == segments[:, None, :]
+    prefix = (segments == 0)[:, None, :]
+    return (causal & (same | prefix))[:, None]
+
+
+def training_batch(prompt_ids: PromptIds, start: int, size: int, rng: random.Random,
+                   vqa_fraction: float, caption_mix: float, per_image: int = 1) -> dict:
+    """Train-split scenes start..start+size, `per_image` packed examples each, loss on targets."""
+    tokenizer = prompt_ids.tokenizer
+    rows, images = [], []
+    for index in range(start, start + size):
+        scene = make_scene("train", index)
+        images.append(render(scene))
+        rows.append(pack_row(prompt_ids, image_examples(scene, rng, per_image, vqa_fraction,
+                                                        caption_mix)))
+    length = max(len(r[0]) for r in rows)
+    input_ids = torch.full((size, length), tokenizer.pad_token_id)
+    labels = torch.full((size, length), -100)
+    positions = torch.zeros((size, length), dtype=torch.long)
+    segments = torch.full((size, length), -1)
+    for i, (ids, lab, pos, seg) in enumerate(rows):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        labels[i, :len(ids)] = torch.tensor(lab)
+        positions[i, :len(ids)] = torch.tensor(pos)
+        segments[i, :len(ids)] = torch.tensor(seg)
+    return dict(input_ids=input_ids, attention_mask=packed_attention_mask(segments),
+                position_ids=positions, labels=labels, pixel_values=pixel_values(images))
+
+
+def evaluate(model, processor, n_captions: int = 200, n_questions: int = 500) -> dict:
+    """Test-split CIDEr (5 references) and VQA exact-match accuracy through the chat template.
+
+    The defaults are the scenes and questions of task_configs/mmq_shapes/data/*.parquet.
+    """
+    model.eval()
+    scenes = make_scenes("test", n_captions)
+    preds = generate(model, processor, [render(s) for s in scenes],
+                     [user_prompt(processor, CAPTION_INSTRUCTION)] * len(scenes),
+                     max_new_tokens=24)
+    score = cider({s.index: p for s, p in zip(scenes, preds)},
+                  {s.index: captions(s) for s in scenes})
+    pairs = balanced_vqa("test", n_questions)
+    answers = generate(model, processor, [render(s) for s, _ in pairs],
+                       [user_prompt(processor, VQA_INSTRUCTION.format(question=q.question))
+                        for _, q in pairs],
+                       max_new_tokens=5)
+    hits: dict[str, list[bool]] = {}
+    for (_, q), a in zip(pairs, answers):
+        hits.setdefault(q.question_type, []).append(a == q.answer)
+    every = [h for v in hits.values() for h in v]
+    return {
+        "cider": round(score, 4),
+        "vqa_accuracy": round(sum(every) / len(every), 4),
+        "vqa_accuracy_by_type": {t: round(sum(hits[t]) / len(hits[t]), 4)
+                                 for t in QUESTION_TYPES if t in hits},
+        "caption_scenes": n_captions,
+        "vqa_questions": len(pairs),
+        "examples": preds[:3],
+    }
+
+
+def train(out: Path, seed: int, minutes: float, steps: int | None, batch_size: int, lr: float,
+          vqa_fraction: float, caption_mix: float, per_image: int, eval_size: int,
+          threads: int = 2) -> dict:
+    """Run training and evaluation; save model, processor and training.json into `out`."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    processor = build_llava_processor()
+    model = build_shapes_llava(processor.tokenizer, seed)
+    model.train()
+    prompt_ids = PromptIds(processor)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    start = time.time()
+    step, progress = 0, 0.0
+    while progress < 1.0:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, progress, lr)
+        batch = training_batch(prompt_ids, step * batch_size, batch_size, rng, vqa_fraction,
+                               caption_mix, per_image)
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        elapsed = time.time() - start
+        progress = step / steps if steps else elapsed / (minutes * 60)
+        if step % 50 == 0 or progress >= 1.0:
+            print(f"step {step} loss {loss.item():.4f} elapsed {elapsed:.0f}s", flush=True)
+    train_s = time.time() - start
+    metrics = evaluate(model, processor, n_captions=eval_size,
+                       n_questions=max(5, int(eval_size * 2.5)))
+    print(json.dumps(metrics), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    record = {
+        "architecture": "LlavaForConditionalGeneration",
+        "seed": seed, "steps": step, "batch_size": batch_size, "peak_lr": lr,
+        "warmup_steps": WARMUP_STEPS, "vqa_fraction": vqa_fraction, "caption_mix": caption_mix,
+        "examples_per_image": per_image, "threads": threads,
+        "train_wall_s": round(train_s, 1), "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "eval": {"split": "test", **metrics},
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--minutes", type=float, default=10.0, help="training time budget")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="fixed step count (overrides --minutes)")
+    ap.add_argument("--batch-size", type=int, default=16, help="images (packed rows) per step")
+    ap.add_argument("--per-image", type=int, default=6,
+                    help="single-turn examples packed per image (behind one shared image prefix)")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--vqa-fraction", type=float, default=0.6,
+                    help="share of examples that are questions (the rest are captions)")
+    ap.add_argument("--caption-mix", type=float, default=0.0,
+                    help="probability of training on a random reference instead of the canonical")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (1 avoids thrashing when another job shares 2 cores)")
+    ap.add_argument("--eval-size", type=int, default=200,
+                    help="test captions to score (VQA questions: 2.5x as many)")
+    a = ap.parse_args(argv)
+    train(a.out, a.seed, a.minutes, a.steps, a.batch_size, a.lr, a.vqa_fraction, a.caption_mix,
+          a.per_image, a.eval_size, a.threads)
+
+
+if __name__ == "__main__":
+    main()
