@@ -102,13 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     path = sub.add_parser("tasks-path", help="print the task-config folder for --include_path")
     path.set_defaults(func=lambda args: print(tasks_path()) or 0)
     for module_name in SUBCOMMAND_MODULES.values():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # optional part of the package not present
-            raise
-        module.register(sub)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 

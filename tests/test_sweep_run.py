@@ -132,6 +132,6 @@ def checking_factory(model, tasks, limit):
 
 def test_model_checks_run_before_the_first_evaluation(tmp_path, monkeypatch):
     monkeypatch.setenv("MMQ_SWEEP_EVALUATOR", "test_sweep_run:checking_factory")
-    with pytest.raises(MMQConfigError, match=r"configuration \w+ \(uniform .*llm=2\): llm_bits=2"):
+    with pytest.raises(MMQConfigError, match=r"configuration \w+ \(method=uniform .*llm_bits=2 .*\): llm_bits=2 not supported"):
         run_sweep(build_sweep(SPEC), tmp_path, progress=False)
     assert load_records(tmp_path) == []

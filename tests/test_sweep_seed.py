@@ -6,6 +6,7 @@ import json
 import pytest
 
 from mmq_eval.errors import MMQConfigError
+from mmq_eval.quant import QuantSpec
 from mmq_eval.sweep import cli as sweep_cli
 from mmq_eval.sweep.seed_import import seed_configs, spec_from_seed
 from mmq_eval.sweep.spec import build_sweep
@@ -34,15 +35,24 @@ def seed_dir(tmp_path):
     return folder
 
 
+def same_spec(args: dict, expected: dict) -> bool:
+    return QuantSpec.from_dict(args) == QuantSpec.from_args(expected)
+
+
 def test_seed_formats_map_to_quant_args(seed_dir):
     configs = seed_configs(seed_dir)
-    assert configs[0]["vit_bits"] == configs[0]["llm_bits"] == 16  # 0.json: nothing quantized
-    assert configs[1] == {"method": "uniform", "projector_bits": 16, "qformer_bits": 3, "vit_bits": 16,
-                          "llm_bits": 16, "qformer_layer_group": "first+last", "layer_type": "mlp"}
-    assert configs[2] == {"method": "gptq", "projector_bits": 16, "vit_bits": 4, "qformer_bits": 16, "llm_bits": 2,
-                          "damp": 0.01, "group_size": -1, "sym": True, "act_order": False, "static_groups": False}
-    assert configs[3] == {"method": "uniform", "projector_bits": 16, "llm_bits": 5, "vit_bits": 5,
-                          "qformer_bits": 16, "llm_layer_group": "middle", "layer_type": "attn"}
+    assert QuantSpec.from_dict(configs[0]).is_noop  # 0.json: nothing quantized
+    assert same_spec(configs[1], {"method": "uniform", "bits": 16, "projector_bits": 16, "qformer_bits": 3,
+                                  "qformer_layer_group": "first+last", "qformer_layer_type": "mlp"})
+    assert same_spec(configs[2], {"method": "gptq", "bits": 16, "projector_bits": 16, "vit_bits": 4, "qformer_bits": 16, "llm_bits": 2, "damp": 0.01,
+                                  "group_size": -1, "sym": True, "act_order": False})
+    assert same_spec(configs[3], {"method": "uniform", "bits": 16, "projector_bits": 16, "llm_bits": 5, "vit_bits": 5,
+                                  "llm_layer_group": "middle", "vit_layer_group": "all", "vit_layer_type": "attn", "llm_layer_type": "attn"})
+
+
+def test_seed_awq_files_are_read_too(seed_dir):
+    (seed_dir / "5.json").write_text(json.dumps({"vit_layers": {"fc1": 4, "fc2": 4}}))
+    assert same_spec(seed_configs(seed_dir)[2], {"method": "awq", "bits": 16, "projector_bits": 16, "vit_bits": 4, "vit_layer_type": "mlp"})
 
 
 def test_seed_spec_builds_a_sweep(seed_dir):
@@ -52,8 +62,8 @@ def test_seed_spec_builds_a_sweep(seed_dir):
 
 
 def test_unreadable_seed_file_is_named(seed_dir):
-    (seed_dir / "5.json").write_text(json.dumps({"vit_layers": {"fc1": 4}}))
-    with pytest.raises(MMQConfigError, match="5.json"):
+    (seed_dir / "5.json").write_text(json.dumps({"vision_tower": {"bits": 4}}))
+    with pytest.raises(MMQConfigError, match="5.json.*not a seed quantization config"):
         seed_configs(seed_dir)
 
 
