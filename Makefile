@@ -4,7 +4,9 @@ PY := $(VENV)/bin/python
 MODEL_ARGS ?= pretrained=mmq:shapes-blip2,llm_bits=4,method=uniform
 TASKS ?= mmq_shapes_cap,mmq_shapes_vqa
 
-.PHONY: install demo test
+GATE_OUT ?= results/ci-gate
+
+.PHONY: install demo test gate gate-update gate-sweep
 
 install: $(VENV)/.installed
 
@@ -24,3 +26,16 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	$(MAKE) gate
+
+# Regression gate: a small sweep of the embedded model against the committed baseline.
+gate: gate-sweep
+	$(VENV)/bin/mmq-eval regress --baseline .ci/regression_baseline.json --results $(GATE_OUT)
+
+# After an intended change of scores: rewrite the baseline from a fresh gate sweep.
+gate-update: gate-sweep
+	$(VENV)/bin/mmq-eval regress --baseline .ci/regression_baseline.json --results $(GATE_OUT) --update
+
+gate-sweep: install
+	rm -rf $(GATE_OUT)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/mmq-eval sweep .ci/regression_sweep.yaml --out $(GATE_OUT) --limit 100
