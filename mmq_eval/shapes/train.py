@@ -3,27 +3,23 @@
     python -m mmq_eval.shapes.train --out DIR --minutes 10 --seed 0
     python -m mmq_eval.shapes.train --out DIR --steps 3 --eval-size 4     # smoke test
 
-`--steps N` gives a bit-reproducible run. With --minutes the cosine schedule follows the CPU
-time this process has used (so a busy machine slows the run but does not shorten it); the steps
-it reached are recorded in training.json. On a shared machine use --threads 1: two threads
-fighting other processes for two cores run up to ten times slower.
+Budgets as in :mod:`mmq_eval.shapes.training`; the steps reached are recorded in training.json.
+On a shared machine use --threads 1: two threads fighting other processes for two cores run up
+to ten times slower.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import transformers
 
 from mmq_eval.shapes.model import build_shapes_blip2
 from mmq_eval.shapes.tokenizer import NUM_QUERY_TOKENS, build_processor
+from mmq_eval.shapes.training import Budget, fit, pixel_values, save_trained, vqa_accuracy
 from mmq_eval.shapes.world import (
     CAPTION_PROMPT,
     VQA_PROMPT,
@@ -37,12 +33,6 @@ from mmq_eval.shapes.world import (
 )
 
 WARMUP_STEPS = 100
-
-
-def pixel_values(images) -> torch.Tensor:
-    """Images to normalised tensors, identical to the processor's output for 64x64 inputs."""
-    arr = np.stack([np.asarray(img, dtype=np.float32) for img in images]) / 255.0
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) * 2.0 - 1.0
 
 
 def training_batch(tokenizer, start: int, size: int, rng: random.Random, caption_mix: float):
@@ -114,14 +104,9 @@ def evaluate(model, processor, n_captions: int = 200, n_questions: int = 500) ->
     answers = generate(model, processor, [render(s) for s, _ in pairs],
                        [VQA_PROMPT.format(question=q.question) for _, q in pairs],
                        max_new_tokens=3)
-    hits: dict[str, list[bool]] = {}
-    for (_, q), a in zip(pairs, answers):
-        hits.setdefault(q.question_type, []).append(a == q.answer)
-    every = [h for v in hits.values() for h in v]
     return {
         "cider": round(score, 4),
-        "vqa_accuracy": round(sum(every) / len(every), 4),
-        "vqa_accuracy_by_type": {t: round(sum(v) / len(v), 4) for t, v in hits.items()},
+        **vqa_accuracy([q.question_type for _, q in pairs], [a == q.answer for (_, q), a in zip(pairs, answers)]),
         "examples": preds[:3],
     }
 
@@ -143,15 +128,8 @@ def example_loss(model, batch: dict) -> torch.Tensor:
     return (token_loss.sum(1) / counts).mean()
 
 
-def learning_rate(step: int, progress: float, peak: float) -> float:
-    """Linear warm-up over the first steps, then cosine decay (over progress 0..1) to 5% of peak."""
-    if step < WARMUP_STEPS:
-        return peak * (step + 1) / WARMUP_STEPS
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def train(out: Path, seed: int, minutes: float, steps: int | None, batch_size: int, lr: float,
-          caption_mix: float, eval_size: int, threads: int) -> dict:
+def train(out: Path, seed: int, budget: Budget, batch_size: int, caption_mix: float,
+          eval_size: int, threads: int) -> dict:
     """Run training and evaluation; save model, processor and training.json into `out`."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -159,43 +137,21 @@ def train(out: Path, seed: int, minutes: float, steps: int | None, batch_size: i
     processor = build_processor()
     model = build_shapes_blip2(processor.tokenizer, seed)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98),
-                            fused=True)
-    start, cpu_start = time.time(), time.process_time()
-    step, progress = 0, 0.0
-    while progress < 1.0:
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, progress, lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=budget.peak_lr, weight_decay=0.01,
+                            betas=(0.9, 0.98), fused=True)
+
+    def step_loss(step: int):
         batch = training_batch(processor.tokenizer, step * batch_size, batch_size, rng, caption_mix)
         loss = example_loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        cpu_s = time.process_time() - cpu_start
-        progress = step / steps if steps else cpu_s / (minutes * 60)
-        if step % 100 == 0 or progress >= 1.0:
-            print(f"step {step} loss {loss.item():.4f} cpu {cpu_s:.0f}s "
-                  f"wall {time.time() - start:.0f}s", flush=True)
-    train_s, cpu_s = time.time() - start, time.process_time() - cpu_start
+        return loss, f"loss {loss.item():.4f}"
+
+    run = fit(model.parameters(), opt, step_loss, budget)
     metrics = evaluate(model, processor, n_captions=eval_size,
                        n_questions=max(5, int(eval_size * 2.5)))
     print(json.dumps(metrics), flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    record = {
-        "seed": seed, "budget_cpu_minutes": None if steps else minutes, "steps": step,
-        "batch_size": batch_size, "peak_lr": lr,
-        "warmup_steps": WARMUP_STEPS, "caption_mix": caption_mix,
-        "threads": threads, "train_wall_s": round(train_s, 1), "train_cpu_s": round(cpu_s, 1),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "eval": {"split": "test", "caption_scenes": eval_size, **metrics},
-    }
-    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    record = {"seed": seed, "batch_size": batch_size, "caption_mix": caption_mix, "threads": threads,
+              "eval": {"split": "test", "caption_scenes": eval_size, **metrics}}
+    return save_trained(out, model, processor, run, budget, record)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,8 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-size", type=int, default=200,
                     help="test captions to score (VQA questions: 2.5x as many)")
     a = ap.parse_args(argv)
-    train(a.out, a.seed, a.minutes, a.steps, a.batch_size, a.lr, a.caption_mix, a.eval_size,
-          a.threads)
+    budget = Budget(peak_lr=a.lr, warmup=WARMUP_STEPS, steps=a.steps, minutes=a.minutes)
+    train(a.out, a.seed, budget, a.batch_size, a.caption_mix, a.eval_size, a.threads)
 
 
 if __name__ == "__main__":

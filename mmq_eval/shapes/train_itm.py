@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import time
 from pathlib import Path
 
 import torch
-import transformers
 from torch.nn import functional as F
 from transformers import Blip2Config, Blip2ForImageTextRetrieval, Blip2Processor
 
@@ -34,11 +32,12 @@ from mmq_eval.models.retrieval import (
 )
 from mmq_eval.shapes.model import QFORMER, VISION
 from mmq_eval.shapes.tokenizer import NUM_QUERY_TOKENS, build_processor, build_tokenizer
-from mmq_eval.shapes.train import WARMUP_STEPS, learning_rate, pixel_values
+from mmq_eval.shapes.training import Budget, fit, pixel_values, save_trained
 from mmq_eval.shapes.world import captions, make_scene, make_scenes, render
 
 EMBED_DIM = 64
 MAX_TEXT_POSITIONS = 64
+WARMUP_STEPS = 100
 #: The retrieval settings of task_configs/mmq_shapes/mmq_shapes_retrieval.yaml.
 EVAL_SETTINGS = dict(DEFAULTS, k_test=16, match_identical_captions=True)
 
@@ -123,8 +122,8 @@ def evaluate(model, processor, n_images: int = 100) -> dict:
             for name, ranks in (("i2t", i2t), ("t2i", t2i)) for k in (1, 5, 10)}
 
 
-def train(out: Path, seed: int, minutes: float, steps: int | None, batch_size: int, lr: float,
-          eval_size: int, threads: int = 2) -> dict:
+def train(out: Path, seed: int, budget: Budget, batch_size: int, eval_size: int,
+          threads: int = 2) -> dict:
     """Train, evaluate, and save model, processor and training.json into ``out``."""
     torch.set_num_threads(threads)
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
@@ -132,56 +131,42 @@ def train(out: Path, seed: int, minutes: float, steps: int | None, batch_size: i
     model = build_shapes_blip2_itm(processor.tokenizer, seed)
     model.train()
     temp = torch.nn.Parameter(torch.tensor(0.07))
-    opt = torch.optim.AdamW([*model.parameters(), temp], lr=lr, weight_decay=0.05, betas=(0.9, 0.98))
-    start = time.time()
-    step, progress = 0, 0.0
-    while progress < 1.0:
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, progress, lr)
+    opt = torch.optim.AdamW([*model.parameters(), temp], lr=budget.peak_lr, weight_decay=0.05,
+                            betas=(0.9, 0.98))
+    last: dict[str, float] = {}
+
+    def step_loss(step: int):
         batch = training_batch(processor.tokenizer, step * batch_size, batch_size, rng)
         itc, itm = losses(model, temp, batch, gen)
-        opt.zero_grad(set_to_none=True)
-        (itc + itm).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        last.update(itc=itc.item(), itm=itm.item())
+        return itc + itm, f"itc {last['itc']:.3f} itm {last['itm']:.3f} temp {temp.item():.3f}"
+
+    def clamp_temperature():
         with torch.no_grad():
             temp.clamp_(0.001, 0.5)
-        step += 1
-        elapsed = time.time() - start
-        progress = step / steps if steps else elapsed / (minutes * 60)
-        if step % 100 == 0 or progress >= 1.0:
-            print(f"step {step} itc {itc.item():.3f} itm {itm.item():.3f} temp {temp.item():.3f} "
-                  f"elapsed {elapsed:.0f}s", flush=True)
-    train_s = time.time() - start
+
+    run = fit(model.parameters(), opt, step_loss, budget, after_step=clamp_temperature)
     metrics = evaluate(model, processor, eval_size)
     print(json.dumps(metrics), flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    record = {
-        "seed": seed, "steps": step, "batch_size": batch_size, "peak_lr": lr,
-        "warmup_steps": WARMUP_STEPS, "temperature": round(temp.item(), 4),
-        "final_itc_loss": round(itc.item(), 4), "final_itm_loss": round(itm.item(), 4),
-        "train_wall_s": round(train_s, 1), "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "eval": {"split": "test", "images": eval_size, **metrics},
-    }
-    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    record = {"seed": seed, "batch_size": batch_size, "temperature": round(temp.item(), 4),
+              "final_itc_loss": round(last["itc"], 4), "final_itm_loss": round(last["itm"], 4),
+              "threads": threads, "eval": {"split": "test", "images": eval_size, **metrics}}
+    return save_trained(out, model, processor, run, budget, record)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--minutes", type=float, default=9.0, help="training time budget")
+    ap.add_argument("--minutes", type=float, default=9.0, help="training budget in CPU minutes of this process")
     ap.add_argument("--steps", type=int, default=None, help="fixed step count (overrides --minutes)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--eval-size", type=int, default=100, help="test images in the gallery")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     a = ap.parse_args(argv)
-    train(a.out, a.seed, a.minutes, a.steps, a.batch_size, a.lr, a.eval_size, a.threads)
+    budget = Budget(peak_lr=a.lr, warmup=WARMUP_STEPS, steps=a.steps, minutes=a.minutes)
+    train(a.out, a.seed, budget, a.batch_size, a.eval_size, a.threads)
 
 
 if __name__ == "__main__":

@@ -8,21 +8,18 @@ followed by the target and ``</s>``; the loss covers only the target tokens. Sev
 about one image are packed into one row behind the shared image prefix, with a block attention
 mask and position ids that make each exactly equivalent to its own single-turn sequence (multi-
 turn chats were tried first: later turns learned to answer from the earlier answers in the
-text). `--steps N` gives a bit-reproducible run; with --minutes the cosine schedule follows
-elapsed time (robust to a busy CPU) and the steps reached are recorded in training.json.
+text). Budgets as in :mod:`mmq_eval.shapes.training`; the steps reached are recorded in
+training.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
-import time
 from pathlib import Path
 
 import torch
-import transformers
 
 from mmq_eval.shapes.llava_model import (
     CAPTION_INSTRUCTION,
@@ -33,9 +30,9 @@ from mmq_eval.shapes.llava_model import (
     build_shapes_llava,
     user_prompt,
 )
-from mmq_eval.shapes.train import cider, generate, pixel_values
+from mmq_eval.shapes.train import cider, generate
+from mmq_eval.shapes.training import Budget, fit, pixel_values, save_trained, vqa_accuracy
 from mmq_eval.shapes.world import (
-    QUESTION_TYPES,
     balanced_vqa,
     canonical_caption,
     captions,
@@ -46,13 +43,6 @@ from mmq_eval.shapes.world import (
 )
 
 WARMUP_STEPS = 50
-
-
-def learning_rate(step: int, progress: float, peak: float) -> float:
-    """Linear warm-up over the first steps, then cosine decay (over progress 0..1) to 5% of peak."""
-    if step < WARMUP_STEPS:
-        return peak * (step + 1) / WARMUP_STEPS
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 class PromptIds:
@@ -181,24 +171,17 @@ def evaluate(model, processor, n_captions: int = 200, n_questions: int = 500) ->
                        [user_prompt(processor, VQA_INSTRUCTION.format(question=q.question))
                         for _, q in pairs],
                        max_new_tokens=5)
-    hits: dict[str, list[bool]] = {}
-    for (_, q), a in zip(pairs, answers):
-        hits.setdefault(q.question_type, []).append(a == q.answer)
-    every = [h for v in hits.values() for h in v]
     return {
         "cider": round(score, 4),
-        "vqa_accuracy": round(sum(every) / len(every), 4),
-        "vqa_accuracy_by_type": {t: round(sum(hits[t]) / len(hits[t]), 4)
-                                 for t in QUESTION_TYPES if t in hits},
+        **vqa_accuracy([q.question_type for _, q in pairs], [a == q.answer for (_, q), a in zip(pairs, answers)]),
         "caption_scenes": n_captions,
         "vqa_questions": len(pairs),
         "examples": preds[:3],
     }
 
 
-def train(out: Path, seed: int, minutes: float, steps: int | None, batch_size: int, lr: float,
-          vqa_fraction: float, caption_mix: float, per_image: int, eval_size: int,
-          threads: int = 2) -> dict:
+def train(out: Path, seed: int, budget: Budget, batch_size: int, vqa_fraction: float,
+          caption_mix: float, per_image: int, eval_size: int, threads: int = 2) -> dict:
     """Run training and evaluation; save model, processor and training.json into `out`."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -207,50 +190,29 @@ def train(out: Path, seed: int, minutes: float, steps: int | None, batch_size: i
     model = build_shapes_llava(processor.tokenizer, seed)
     model.train()
     prompt_ids = PromptIds(processor)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    start = time.time()
-    step, progress = 0, 0.0
-    while progress < 1.0:
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, progress, lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=budget.peak_lr, weight_decay=0.01, betas=(0.9, 0.98))
+
+    def step_loss(step: int):
         batch = training_batch(prompt_ids, step * batch_size, batch_size, rng, vqa_fraction,
                                caption_mix, per_image)
         loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        elapsed = time.time() - start
-        progress = step / steps if steps else elapsed / (minutes * 60)
-        if step % 50 == 0 or progress >= 1.0:
-            print(f"step {step} loss {loss.item():.4f} elapsed {elapsed:.0f}s", flush=True)
-    train_s = time.time() - start
+        return loss, f"loss {loss.item():.4f}"
+
+    run = fit(model.parameters(), opt, step_loss, budget)
     metrics = evaluate(model, processor, n_captions=eval_size,
                        n_questions=max(5, int(eval_size * 2.5)))
     print(json.dumps(metrics), flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    record = {
-        "architecture": "LlavaForConditionalGeneration",
-        "seed": seed, "steps": step, "batch_size": batch_size, "peak_lr": lr,
-        "warmup_steps": WARMUP_STEPS, "vqa_fraction": vqa_fraction, "caption_mix": caption_mix,
-        "examples_per_image": per_image, "threads": threads,
-        "train_wall_s": round(train_s, 1), "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "eval": {"split": "test", **metrics},
-    }
-    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    record = {"architecture": "LlavaForConditionalGeneration", "seed": seed, "batch_size": batch_size,
+              "vqa_fraction": vqa_fraction, "caption_mix": caption_mix,
+              "examples_per_image": per_image, "threads": threads, "eval": {"split": "test", **metrics}}
+    return save_trained(out, model, processor, run, budget, record)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--minutes", type=float, default=10.0, help="training time budget")
+    ap.add_argument("--minutes", type=float, default=10.0, help="training budget in CPU minutes of this process")
     ap.add_argument("--steps", type=int, default=None,
                     help="fixed step count (overrides --minutes)")
     ap.add_argument("--batch-size", type=int, default=16, help="images (packed rows) per step")
@@ -266,8 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-size", type=int, default=200,
                     help="test captions to score (VQA questions: 2.5x as many)")
     a = ap.parse_args(argv)
-    train(a.out, a.seed, a.minutes, a.steps, a.batch_size, a.lr, a.vqa_fraction, a.caption_mix,
-          a.per_image, a.eval_size, a.threads)
+    budget = Budget(peak_lr=a.lr, warmup=WARMUP_STEPS, steps=a.steps, minutes=a.minutes, log_every=50)
+    train(a.out, a.seed, budget, a.batch_size, a.vqa_fraction, a.caption_mix, a.per_image,
+          a.eval_size, a.threads)
 
 
 if __name__ == "__main__":
