@@ -75,6 +75,15 @@ def test_csv_and_markdown_contents(report_dir):
     assert md.count("| c") >= 60
 
 
+def test_unpredictable_scores_carry_a_caution(report_dir, tmp_path):
+    cider_section = (report_dir / "report.md").read_text().split("## mmq_shapes_cap/cider")[1].split("\n## ")[0]
+    assert "Caution" not in cider_section
+    rng = np.random.default_rng(1)
+    noise = [dict(r, results={"mmq_shapes_cap": {"cider": float(rng.normal())}}) for r in synthetic_records()[:12]]
+    build_report(noise, tmp_path, seed=0)
+    assert "**Caution:** the forest does not predict this score" in (tmp_path / "report.md").read_text()
+
+
 def test_pareto_mask():
     bpw = np.array([16, 8, 4, 4, 2])
     score = np.array([3.0, 3.0, 2.0, 2.5, 0.5])

@@ -10,6 +10,10 @@ from mmq_eval.errors import MMQConfigError
 from mmq_eval.sweep.store import load_records
 
 
+#: Below this cross-validated R² the importance tables carry a caution.
+TRUSTED_R2 = 0.5
+
+
 def register(subparsers) -> None:
     """Add the ``report`` subcommand."""
     p = subparsers.add_parser(
@@ -57,8 +61,11 @@ def build_report(records: list[dict], out: Path, seed: int = 0) -> Path:
         imp_png = out / f"importance_{_slug(column)}.png"
         plot_importance(result, column, imp_png)
         md += [f"![Feature importance]({imp_png.name})\n",
-               f"Random-forest CV R² = {result.cv_r2:.3f} (n = {result.n_rows}).\n",
-               markdown(result.table), ""]
+               f"Random-forest CV R² = {result.cv_r2:.3f} (n = {result.n_rows}).\n"]
+        if result.cv_r2 < TRUSTED_R2:
+            md.append(f"**Caution:** the forest does not predict this score from the features "
+                      f"(CV R² < {TRUSTED_R2}); these importances are not reliable. A larger sweep helps.\n")
+        md += [markdown(result.table), ""]
         importance_rows.append(result.table.assign(score=column, cv_r2=result.cv_r2, n=result.n_rows))
     if importance_rows:
         table = pd.concat(importance_rows, ignore_index=True)
