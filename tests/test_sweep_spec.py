@@ -113,3 +113,16 @@ def test_missing_spec_file_is_named(tmp_path, capsys):
     args = parser.parse_args(["sweep", str(tmp_path / "absent.yaml")])
     assert args.func(args) == 2
     assert "absent.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path, count", [("examples/sweep_components.yaml", 27),
+                                         ("examples/sweep_methods.yaml", 13),
+                                         (".ci/regression_sweep.yaml", 5)])
+def test_shipped_specs_are_valid(path, count):
+    from pathlib import Path
+
+    from mmq_eval.sweep.spec import load_spec
+
+    sweep = build_sweep(load_spec(Path(__file__).parent.parent / path))
+    assert len(sweep.configs) == count
+    assert sum(c.quant.is_noop for c in sweep.configs) == 1  # the full-precision point, once
