@@ -1,7 +1,9 @@
 """Captioning metrics through pycocoevalcap (PTB tokenization, Bleu, METEOR, ROUGE-L, CIDEr).
 
 lmms-eval aggregates each metric separately; the scores of one result set are computed once
-(one tokenizer start, one scorer pass each) and shared by every metric's aggregation.
+(one tokenizer start, one scorer pass each) and shared by every metric's aggregation. The METEOR
+Java process is started once per Python process: loading its paraphrase tables takes ~10 s,
+which a sweep would otherwise pay for every configuration.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ def process_results(doc: dict, results: list[str]) -> dict:
     return {metric: record for metric in METRICS}
 
 
+@lru_cache(maxsize=1)
+def _meteor() -> Meteor:
+    return Meteor()
+
+
 def caption_scores(gts: dict[str, list[str]], res: dict[str, list[str]]) -> dict[str, float]:
     """All captioning metrics of predictions ``res`` against references ``gts`` (by image id)."""
     tokenizer = PTBTokenizer()
@@ -35,7 +42,7 @@ def caption_scores(gts: dict[str, list[str]], res: dict[str, list[str]]) -> dict
     res_tok = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in res.items()})
     bleu, _ = Bleu(4).compute_score(gts_tok, res_tok)
     scores = {f"bleu{i + 1}": float(b) for i, b in enumerate(bleu)}
-    scores["meteor"] = float(Meteor().compute_score(gts_tok, res_tok)[0])
+    scores["meteor"] = float(_meteor().compute_score(gts_tok, res_tok)[0])
     scores["rouge_l"] = float(Rouge().compute_score(gts_tok, res_tok)[0])
     scores["cider"] = float(Cider().compute_score(gts_tok, res_tok)[0])
     return scores
