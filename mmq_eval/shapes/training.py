@@ -58,6 +58,7 @@ def fit(params, opt: torch.optim.Optimizer, step_loss: Callable[[int], tuple[tor
     ``step_loss(step)`` returns the loss of that step's batch and a short text for the log;
     gradients of ``params`` are clipped to norm 1; ``after_step`` runs after each update.
     """
+    params = list(params)  # clipped every step: a generator would be spent after the first
     start, cpu_start = time.time(), time.process_time()
     step, progress = 0, 0.0
     while progress < 1.0:
