@@ -35,6 +35,30 @@ def karpathy_raw(raw: Path, n_test: int = 3, n_train: int = 4) -> Path:
     return raw
 
 
+COLOUR_WORDS = ("red", "green", "blue", "yellow")
+SHAPE_WORDS = ("circle", "square", "triangle")
+SIZE_WORDS = ("big", "small")
+
+
+def flickr30k_raw(raw: Path, n_test: int = 4) -> Path:
+    """dataset_flickr30k.json (test, val and train entries) and flickr30k-images/.
+
+    Captions use the tiny models' words, different per image, so a random model ranks them apart.
+    """
+    images = []
+    for i, split in enumerate(["test"] * n_test + ["val", "train"]):
+        colour, shape, size = COLOUR_WORDS[i % 4], SHAPE_WORDS[i % 3], SIZE_WORDS[i // 4 % 2]
+        raws = [f"A {colour} {shape}.", f"one {size} {colour} {shape}", f"the {shape} is {colour}",
+                f"there is a {size} {shape}", f"a photo of a {colour} {shape} , {size}"]
+        filename = f"{1000092795 + i}.jpg"
+        _jpeg(raw / "flickr30k-images" / filename, i)
+        sentences = [{"tokens": [], "raw": text, "imgid": i, "sentid": 5 * i + k} for k, text in enumerate(raws)]
+        images.append({"sentids": [s["sentid"] for s in sentences], "imgid": i, "sentences": sentences,
+                       "split": split, "filename": filename})
+    _json(raw / "dataset_flickr30k.json", {"images": images, "dataset": "flickr30k"})
+    return raw
+
+
 def coco2017_raw(raw: Path, n: int = 3) -> Path:
     """annotations/captions_val2017.json and val2017/."""
     images, annotations = [], []
@@ -101,7 +125,8 @@ def prepare_data(*argv: str) -> int:
 
 
 def evaluate(model, tasks: list[str], model_args: str = "", **kwargs) -> dict:
-    """simple_evaluate over our task configs: {task: {metric: value}} and {task: docs evaluated}."""
+    """simple_evaluate over our task configs: {task: {metric: value}}, {task: docs evaluated} and
+    {task: {doc_id: response}}; None on the processes other than 0 of a multi-process run."""
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
@@ -110,6 +135,10 @@ def evaluate(model, tasks: list[str], model_args: str = "", **kwargs) -> dict:
     manager = TaskManager(verbosity="WARNING", include_path=tasks_path(), include_defaults=False)
     out = simple_evaluate(model=model, model_args=model_args, tasks=tasks, task_manager=manager,
                           bootstrap_iters=0, **kwargs)
+    if out is None:
+        return None
     metrics = {task: {k.split(",")[0]: v for k, v in values.items() if "stderr" not in k and k != "alias"}
                for task, values in out["results"].items()}
-    return {"metrics": metrics, "docs": {task: n["effective"] for task, n in out["n-samples"].items()}}
+    samples = {task: {s["doc_id"]: s["resps"][0][0] for s in logged} for task, logged in out["samples"].items()}
+    return {"metrics": metrics, "docs": {task: n["effective"] for task, n in out["n-samples"].items()},
+            "samples": samples}

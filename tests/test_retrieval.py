@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmq_eval.models.processes import Processes
 from mmq_eval.models.retrieval import (
     blip_caption,
     correct_pairs,
@@ -102,6 +103,34 @@ def test_rerank_equals_the_lavis_loops():
         top = sims[:, t].topk(k).indices
         want_t2i[t, top] = itm[top, t] + sims[top, t]
     assert torch.equal(i2t, want_i2t) and torch.equal(t2i, want_t2i)
+
+
+class OnItsOwn(Processes):
+    """Process ``rank`` of ``size`` whose sum leaves out the others' shares."""
+
+    def sum(self, tensor):
+        return tensor
+
+
+def test_rerank_shares_each_itm_pair_between_processes_once():
+    gen = torch.Generator().manual_seed(1)
+    sims, itm = torch.rand(7, 20, generator=gen), torch.randn(7, 20, generator=gen)
+    scored = {rank: [] for rank in (None, 0, 1)}
+
+    def itm_term(rank):
+        def term(img, txt):
+            scored[rank] += list(zip(img.tolist(), txt.tolist()))
+            return itm[img, txt]
+        return term
+
+    one = rerank(sims, itm_term(None), k_test=4, batch_size=3)
+    shares = [rerank(sims, itm_term(rank), k_test=4, batch_size=3, processes=OnItsOwn(rank, 2)) for rank in (0, 1)]
+    assert sorted(scored[0] + scored[1]) == sorted(scored[None]) and not set(scored[0]) & set(scored[1])
+    for direction, (full, sim) in enumerate(((one[0], sims), (one[1], sims.t()))):
+        kept = full.isfinite()
+        summed = shares[0][direction] + shares[1][direction] - sim  # (itm_0 + sim) + (itm_1 + sim) - sim
+        torch.testing.assert_close(summed[kept], full[kept])
+        assert all(not s[direction][~kept].isfinite().any() for s in shares)
 
 
 def test_blip_caption_matches_lavis():

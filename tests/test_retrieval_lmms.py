@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from lmms_eval.evaluator import simple_evaluate
 from lmms_eval.tasks import TaskManager
 from lmms_requests import generate_requests, make_image
@@ -24,13 +23,7 @@ def evaluate(lm) -> dict:
     return {k.split(",")[0]: v for k, v in out["results"][TASK].items()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model runs fastest on one thread; two spin-wait badly on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -80,52 +73,8 @@ def test_itm_probability_scoring_and_a_bad_choice(itm_model):
         itm_model.generate_until(requests)
 
 
-def test_several_processes_are_refused(itm_model):
-    itm_model._world_size = 2
-    try:
-        with pytest.raises(MMQConfigError, match="one process"):
-            itm_model.generate_until(retrieval_requests(itm_model))
-    finally:
-        itm_model._world_size = 1
-
-
-def test_a_generation_checkpoint_is_refused(tiny_blip2_dir):
-    lm = MMQBlip2(pretrained=str(tiny_blip2_dir), device="cpu")
-    with pytest.raises(MMQConfigError, match="Blip2ForImageTextRetrieval"):
-        lm.generate_until(retrieval_requests(lm))
-
-
 def test_unknown_setting_is_refused(itm_model):
     requests = retrieval_requests(itm_model)
     requests[0].args[1]["mmq_retrieval"]["k_tset"] = 3
     with pytest.raises(MMQConfigError, match="k_tset"):
         itm_model.generate_until(requests)
-
-
-def test_coco_retrieval_runs_on_prepared_karpathy_data(itm_model, tmp_path, monkeypatch):
-    from data_fakes import evaluate as evaluate_tasks
-    from data_fakes import karpathy_raw, prepare_data
-
-    monkeypatch.setenv("MMQ_DATA_DIR", str(tmp_path / "data"))
-    raw = karpathy_raw(tmp_path / "raw", n_test=4)
-    assert prepare_data("coco_karpathy", "--from", str(raw), "--calib-size", "0") == 0
-    out = evaluate_tasks(itm_model, ["mmq_coco_retrieval"])
-    assert out["docs"]["mmq_coco_retrieval"] == 4
-    assert set(out["metrics"]["mmq_coco_retrieval"]) == {
-        "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mean_recall"}
-    metrics = out["metrics"]["mmq_coco_retrieval"]
-    assert metrics["t2i_r5"] == 100.0  # 4 images: every one is within the top 5
-    # the fake captions differ only in words unknown to the shapes vocabulary: all tie, and ties
-    # count against the model
-    assert metrics["i2t_r1"] == 0.0
-
-
-def test_unprepared_coco_retrieval_names_the_command(tmp_path, monkeypatch):
-    from lmms_eval.tasks import get_task_dict
-
-    from mmq_eval.errors import MMQDataError
-
-    monkeypatch.setenv("MMQ_DATA_DIR", str(tmp_path))
-    manager = TaskManager(verbosity="WARNING", include_path=tasks_path(), include_defaults=False)
-    with pytest.raises(MMQDataError, match="mmq-eval prepare-data coco_karpathy"):
-        get_task_dict(["mmq_coco_retrieval"], manager)

@@ -72,6 +72,14 @@ def tiny_blip2_config(vocab_size: int, image_token_index: int, llm: str = "opt")
     )
 
 
+def tiny_blip_image_processor() -> BlipImageProcessorPil:
+    """BLIP-2's image processor at the tiny models' image size."""
+    return BlipImageProcessorPil(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+
+
 def make_tiny_blip2(seed: int = 0, llm: str = "opt"):
     """Return (model, processor) for a tiny random BLIP-2 with non-degenerate weights."""
     tokenizer = tiny_tokenizer()
@@ -83,11 +91,7 @@ def make_tiny_blip2(seed: int = 0, llm: str = "opt"):
         model.query_tokens.normal_(0.0, 0.5)
         if llm == "t5":  # keep a random T5 from ending (or padding) at once, so tests see text
             model.language_model.lm_head.weight[:4] = 0.0
-    image_processor = BlipImageProcessorPil(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_normalize=True,
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-    )
-    processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
+    processor = Blip2Processor(tiny_blip_image_processor(), tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
     return model, processor
 
 
@@ -132,3 +136,15 @@ def make_tiny_llava(seed: int = 0):
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
     return model, processor
+
+
+def make_tiny_blip2_itm(seed: int = 0):
+    """Return (model, processor) for a tiny random BLIP-2 retrieval model (ITC + ITM heads).
+
+    The model is ``quant_tiny.make_tiny_itm``'s; its Q-Former text stream reads the tiny tokenizer.
+    """
+    from quant_tiny import ITM_VOCAB, make_tiny_itm
+
+    tokenizer = tiny_tokenizer()
+    assert len(tokenizer) <= ITM_VOCAB
+    return make_tiny_itm(seed), Blip2Processor(tiny_blip_image_processor(), tokenizer)

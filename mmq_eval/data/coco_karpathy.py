@@ -1,4 +1,5 @@
-"""COCO captions, Karpathy split: the 5K test images, and a training sample for calibration.
+"""COCO captions, Karpathy split: the 5K test images (captioning and retrieval), and a training
+sample for calibration.
 
 Raw: ``dataset_coco.json`` (Karpathy's split file) and the COCO 2014 images it points to
 (``<filepath>/<filename>``: ``val2014/`` for test, ``train2014/`` for the calibration sample).
@@ -6,7 +7,6 @@ Raw: ``dataset_coco.json`` (Karpathy's split file) and the COCO 2014 images it p
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -14,7 +14,8 @@ import datasets
 
 from mmq_eval.data.captions import write_caption_set
 from mmq_eval.data.images import first_missing, image_cell
-from mmq_eval.data.layout import load_prepared, raw_file
+from mmq_eval.data.karpathy import read_entries, split_items
+from mmq_eval.data.layout import load_prepared
 from mmq_eval.data.writer import write_parquet
 from mmq_eval.errors import MMQConfigError
 
@@ -48,9 +49,8 @@ def _calib_sample(entries: list[dict], raw_dir: Path, size: int, seed: int) -> l
 
 def prepare(raw_dir: Path, root: Path, calib_size: int = CALIB_SIZE, seed: int = 0) -> list[Path]:
     """Write the Karpathy test set and (unless ``calib_size`` is 0) the calibration sample."""
-    entries = json.loads(raw_file(raw_dir, SPLIT_FILE, NAME).read_text())["images"]
-    test = [(e["cocoid"], _file(raw_dir, e), [s["raw"] for s in e["sentences"]])
-            for e in entries if e["split"] == "test"]
+    entries = read_entries(raw_dir, SPLIT_FILE, NAME)
+    test = split_items(entries, "test", lambda e: _file(raw_dir, e), "cocoid", SPLIT_FILE)
     calib = _calib_sample(entries, raw_dir, calib_size, seed)
     first_missing([file for _, file, _ in calib], "calibration images (Karpathy train, in train2014/)")
     written = [write_caption_set(root / TEST_FILE, test, "Karpathy test")]
@@ -61,5 +61,5 @@ def prepare(raw_dir: Path, root: Path, calib_size: int = CALIB_SIZE, seed: int =
 
 
 def load_docs(dataset: datasets.Dataset) -> datasets.Dataset:
-    """``process_docs`` of ``mmq_coco_cap_karpathy``: the prepared test set."""
+    """``process_docs`` of ``mmq_coco_cap_karpathy`` and ``mmq_coco_retrieval``: the prepared test set."""
     return load_prepared(TEST_FILE, NAME, RAW)

@@ -13,6 +13,7 @@ from mmq_eval.errors import MMQConfigError, MMQDataError
 DATASETS = {
     "coco_karpathy": "mmq_eval.data.coco_karpathy",
     "coco2017": "mmq_eval.data.coco2017",
+    "flickr30k": "mmq_eval.data.flickr30k",
     "vqav2": "mmq_eval.data.vqav2",
     "gqa": "mmq_eval.data.gqa",
 }

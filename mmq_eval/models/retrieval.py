@@ -15,19 +15,23 @@ carry ``mmq_retrieval: {...}`` with these settings:
 
 The final score of a pair among a query's top ``k_test`` ITC candidates is ITM term + ITC
 similarity; every other pair scores -inf. Ties count against the model (see ``ranks_from_scores``).
+
+Under several lmms-eval processes the gallery is the union of all processes' docs: as LAVIS,
+every process extracts all features, scores its share of the ITM pairs, and the shares are summed.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import OrderedDict
 
 import torch
 from torch import nn
+from tqdm import tqdm
 from transformers import Blip2ForImageTextRetrieval
 
 from mmq_eval.errors import MMQConfigError, MMQDataError
+from mmq_eval.models.processes import ONE_PROCESS, Processes
 
 DEFAULTS = {
     "k_test": 128,
@@ -93,19 +97,21 @@ def topk_mask(sims: torch.Tensor, k: int) -> torch.Tensor:
     return mask.scatter_(1, sims.topk(min(k, sims.shape[1]), dim=1).indices, True)
 
 
-def rerank(sims: torch.Tensor, itm_term, k_test: int, batch_size: int):
+def rerank(sims: torch.Tensor, itm_term, k_test: int, batch_size: int, processes: Processes = ONE_PROCESS):
     """(i2t scores, t2i scores): ITM term + ITC similarity on each query's top-k, -inf elsewhere.
 
     ``itm_term(image_idx, text_idx)`` scores a batch of pairs; each pair in the union of both
-    directions' top-k sets is scored once.
+    directions' top-k sets is scored once, by one of the ``processes`` (``sims`` must be
+    identical on all of them).
     """
     i2t, t2i = topk_mask(sims, k_test), topk_mask(sims.t(), k_test).t()
-    pairs = (i2t | t2i).nonzero()
+    pairs = (i2t | t2i).nonzero()[processes.rank::processes.size]
     itm = torch.zeros_like(sims)
-    for start in range(0, len(pairs), batch_size):
+    batches = range(0, len(pairs), batch_size)
+    for start in tqdm(batches, desc="ITM re-ranking", disable=processes.rank != 0):
         img, txt = pairs[start:start + batch_size].unbind(1)
         itm[img, txt] = itm_term(img, txt).float().to(itm.device)
-    scores = itm + sims
+    scores = processes.sum(itm) + sims
     minus_inf = torch.tensor(float("-inf"), device=sims.device)
     return torch.where(i2t, scores, minus_inf), torch.where(t2i, scores, minus_inf).t()
 
@@ -159,23 +165,34 @@ def _settings(gen_kwargs: dict) -> dict:
     return settings
 
 
-def _check_model(lm) -> None:
-    if lm.world_size > 1:
-        raise MMQConfigError(
-            f"image-text retrieval ranks every image against every caption, but lmms-eval runs "
-            f"{lm.world_size} processes and each sees only part of the gallery: run retrieval "
-            "tasks in one process (no accelerate launch / --num_processes 1)"
-        )
+def _check_model(lm, tasks: list[str]) -> None:
     if not isinstance(lm.model, Blip2ForImageTextRetrieval):
         raise MMQConfigError(
-            f"retrieval tasks need an image-text retrieval checkpoint (Blip2ForImageTextRetrieval, "
-            f"e.g. Salesforce/blip2-itm-vit-g-coco or mmq:shapes-blip2-itm); the loaded model is a "
-            f"{type(lm.model).__name__} without ITC/ITM heads"
+            f"task(s) {', '.join(tasks)} need an image-text retrieval checkpoint with ITC/ITM heads "
+            f"(Blip2ForImageTextRetrieval, e.g. Salesforce/blip2-itm-vit-g-coco or mmq:shapes-blip2-itm); "
+            f"pretrained={lm.args.pretrained!r} is a {type(lm.model).__name__} without them"
         )
+
+
+def _gallery_ids(processes: Processes, local: dict[tuple, list[int]]) -> dict[tuple, list[int]]:
+    """The doc ids of each (task, split) gallery over all processes, given this process's ``local`` ones.
+
+    Every process must hold docs of the same galleries, or the collectives that follow would wait
+    for ever; MMQConfigError on every process otherwise.
+    """
+    parts = processes.gather(local)
+    uneven = sorted({key[0] for part in parts for key in part if any(key not in other for other in parts)})
+    if uneven:
+        raise MMQConfigError(
+            f"retrieval task(s) {', '.join(uneven)} reached only some of the {processes.size} lmms-eval "
+            "processes (each needs part of the gallery): run them in fewer processes"
+        )
+    return {key: sorted({i for part in parts for i in part[key]}) for key in local}
 
 
 @torch.inference_mode()
-def gallery_ranks(model, processor, images: list, refs: list[list[str]], settings: dict, batch_size: int):
+def gallery_ranks(model, processor, images: list, refs: list[list[str]], settings: dict, batch_size: int,
+                  processes: Processes = ONE_PROCESS):
     """(i2t ranks per image, t2i ranks per caption) of one gallery, captions flattened in order.
 
     ``settings`` holds every ``DEFAULTS`` key; ``processor`` gives ``image_processor`` and ``tokenizer``.
@@ -197,14 +214,15 @@ def gallery_ranks(model, processor, images: list, refs: list[list[str]], setting
     text_embeds = torch.cat([
         text_features(model, ids[s:s + batch], mask[s:s + batch]) for s in range(0, len(texts), batch)
     ])
-    sims = itc_similarity(torch.cat(image_embeds), text_embeds).cpu()
+    # process 0's similarities everywhere, so that all processes re-rank the same pairs
+    sims = processes.broadcast(itc_similarity(torch.cat(image_embeds), text_embeds).cpu())
 
     def itm_term(img, txt):
         img, txt = img.to(device), txt.to(device)
         logits = itm_logits(model, vit[img], ids[txt], mask[txt]).float()
         return logits.softmax(dim=-1)[:, 1] if settings["itm_score"] == "prob" else logits[:, 1]
 
-    scores_i2t, scores_t2i = rerank(sims, itm_term, settings["k_test"], ITM_BATCH)
+    scores_i2t, scores_t2i = rerank(sims, itm_term, settings["k_test"], ITM_BATCH, processes)
     correct = correct_pairs([[blip_caption(t) for t in r] for r in refs], settings["match_identical_captions"])
     return ranks_from_scores(scores_i2t, correct), ranks_from_scores(scores_t2i, correct.t())
 
@@ -213,19 +231,23 @@ def retrieval_outputs(lm, requests) -> list[str]:
     """One JSON string per request: ``{"i2t": rank, "t2i": [rank per caption]}`` (0-based).
 
     ``i2t`` is the rank of the doc image's best correct caption among all captions; ``t2i`` gives,
-    for each of its captions, the rank of the best correct image among all images. All requests
-    of one (task, split) form the gallery.
+    for each of its captions, the rank of the best correct image among all images. The docs of
+    one (task, split), over all lmms-eval processes, form the gallery (lmms-eval gives every
+    process at least one request of each task, padding with doc 0 where it has none).
     """
-    _check_model(lm)
-    groups: dict[tuple, OrderedDict] = {}
+    processes = Processes.of(lm)
+    local: dict[tuple, list] = {}  # (task, split) -> [doc_to_visual, gen_kwargs, doc ids]
     for req in requests:
         _, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
-        groups.setdefault((task, split), OrderedDict())[doc_id] = (doc_to_visual, gen_kwargs)
+        local.setdefault((task, split), [doc_to_visual, gen_kwargs, set()])[2].add(doc_id)
+    _check_model(lm, sorted({task for task, _ in local}))
+    galleries = _gallery_ids(processes, {key: sorted(ids) for key, (_, _, ids) in local.items()})
     answers: dict[tuple, str] = {}
-    for (task, split), docs in groups.items():
-        settings = _settings(next(iter(docs.values()))[1])
+    for (task, split), doc_ids in sorted(galleries.items()):
+        doc_to_visual, gen_kwargs, _ = local[(task, split)]
+        settings = _settings(gen_kwargs)
         images, refs = [], []
-        for doc_id, (doc_to_visual, _) in docs.items():
+        for doc_id in doc_ids:
             images.append(lm._image_for(doc_to_visual, doc_id, task, split))
             doc = lm.task_dict[task][split][doc_id]
             captions = list(doc.get(settings["caption_key"]) or [])
@@ -234,9 +256,9 @@ def retrieval_outputs(lm, requests) -> list[str]:
                     f"task {task!r} doc {doc_id} has no captions in field {settings['caption_key']!r}"
                 )
             refs.append(captions)
-        i2t, t2i = gallery_ranks(lm.model, lm._processor, images, refs, settings, lm.batch_size)
+        i2t, t2i = gallery_ranks(lm.model, lm._processor, images, refs, settings, lm.batch_size, processes)
         start = 0
-        for i, doc_id in enumerate(docs):
+        for i, doc_id in enumerate(doc_ids):
             own = t2i[start:start + len(refs[i])].tolist()
             start += len(refs[i])
             answers[(task, split, doc_id)] = json.dumps({"i2t": int(i2t[i]), "t2i": own})
