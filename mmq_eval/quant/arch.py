@@ -78,11 +78,15 @@ class ArchMap:
     components: tuple[Component, ...]
     linears: tuple[LinearInfo, ...]
     excluded: tuple[str, ...]
-    dead_blocks: dict = field(default_factory=dict)  # component -> block indices that cannot affect outputs
+    unused_blocks: dict = field(default_factory=dict)  # component -> block indices that cannot affect outputs
     notes: tuple[str, ...] = ()
 
     def component(self, name: str) -> Component | None:
         return next((c for c in self.components if c.name == name), None)
+
+    def is_unused(self, li: LinearInfo) -> bool:
+        """True for a Linear in a block whose output never reaches the model's outputs."""
+        return li.block is not None and li.block in self.unused_blocks.get(li.component, ())
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -182,26 +186,28 @@ def _build_llava(model: nn.Module):
         Component("projector", (_single(proj_path),), has_blocks=False),
         Component("llm", (llm,)),
     ]
-    n = len(vit.blocks)
-    layers = cfg.vision_feature_layer
-    layers = [layers] if isinstance(layers, int) else list(layers)
-    used = max(l if l >= 0 else n + 1 + l for l in layers)  # hidden_states[k] = output of block k-1
-    dead = tuple(range(used, n))
-    notes = ()
-    if dead:
-        note = (f"vision_feature_layer={cfg.vision_feature_layer}: ViT block(s) {list(dead)} of {n} "
-                "do not affect outputs; quantizing them changes nothing")
-        notes = (note,)
-    return comps, ("lm_head",), {"vit": dead} if dead else {}, notes
+    unused = _unused_vit_blocks(cfg.vision_feature_layer, len(vit.blocks))
+    note = (f"vision_feature_layer={cfg.vision_feature_layer}: LLaVA reads image features before "
+            f"ViT block(s) {list(unused)} of {len(vit.blocks)}: they are unused and do not affect "
+            "outputs; quantizing them changes nothing (still counted in bits per weight)")
+    notes = (note,) if unused else ()
+    return comps, ("lm_head",), {"vit": unused} if unused else {}, notes
+
+
+def _unused_vit_blocks(feature_layer: int | list[int], n_blocks: int) -> tuple[int, ...]:
+    """ViT blocks after the deepest hidden state LLaVA takes (hidden state k = output of block k-1)."""
+    layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
+    deepest = max(k if k >= 0 else n_blocks + 1 + k for k in layers)
+    return tuple(range(deepest, n_blocks))
 
 
 def resolve_arch(model: nn.Module) -> ArchMap:
     """Map a supported model to its components, blocks and Linears; MMQConfigError otherwise."""
     arch = type(model).__name__
     if arch in ("Blip2ForConditionalGeneration", "Blip2ForImageTextRetrieval"):
-        comps, excluded, dead, notes = _build_blip2(model)
+        comps, excluded, unused, notes = _build_blip2(model)
     elif arch == "LlavaForConditionalGeneration":
-        comps, excluded, dead, notes = _build_llava(model)
+        comps, excluded, unused, notes = _build_llava(model)
     else:
         raise MMQConfigError(
             f"quantization does not support {arch}; supported architectures: {', '.join(SUPPORTED_ARCHS)}"
@@ -230,4 +236,4 @@ def resolve_arch(model: nn.Module) -> ArchMap:
     mapped = {li.name for li in linears} | set(excluded)
     unmapped = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in mapped]
     notes = tuple(notes) + tuple(f"{n}: outside every component, never quantized" for n in unmapped)
-    return ArchMap(arch, tuple(comps), tuple(linears), tuple(excluded), dead, notes)
+    return ArchMap(arch, tuple(comps), tuple(linears), tuple(excluded), unused, notes)

@@ -9,6 +9,11 @@ Convention (``bpw``), over every parameter of the model, tied parameters counted
 - every other parameter (embeddings, norms, biases, unquantized Linears, heads) costs 16 bits,
   whatever dtype it is held in.
 
+Weights of blocks that do not affect outputs (LLaVA's ViT blocks after ``vision_feature_layer``)
+count like any other: the checkpoint stores them and the model runs them, and the published
+parameter counts include them. The coverage rows and the report's ``unused_params`` say how many
+there are, so they can be left out by whoever prunes them.
+
 ``bpw_seed`` is the seed repo's convention, for comparison with published numbers: the same sum
 without the scale/zero metadata.
 """
@@ -80,11 +85,13 @@ class CoverageRow:
     params: int
     params_quantized: int
     bits: str  # e.g. "4" or "-" when nothing is quantized
+    linears_unused: int  # Linears in blocks that do not affect outputs (quantized or not)
+    params_unused: int
 
 
 def coverage(plan: QuantPlan) -> list[CoverageRow]:
-    """Linears and weight parameters quantized per component × block third × role."""
-    rows: dict[tuple, dict] = defaultdict(lambda: {"n": 0, "nq": 0, "p": 0, "pq": 0, "bits": set()})
+    """Linears and weight parameters (quantized, unused) per component × block third × role."""
+    rows: dict[tuple, dict] = defaultdict(lambda: {"n": 0, "nq": 0, "p": 0, "pq": 0, "nu": 0, "pu": 0, "bits": set()})
     for comp in plan.arch.components:
         n_blocks = len(comp.blocks)
         for li in plan.arch.linears:
@@ -95,6 +102,9 @@ def coverage(plan: QuantPlan) -> list[CoverageRow]:
             size = li.in_features * li.out_features
             r["n"] += 1
             r["p"] += size
+            if plan.arch.is_unused(li):
+                r["nu"] += 1
+                r["pu"] += size
             fmt = plan.targets.get(li.name)
             if fmt is not None:
                 r["nq"] += 1
@@ -102,7 +112,7 @@ def coverage(plan: QuantPlan) -> list[CoverageRow]:
                 r["bits"].add(fmt.bits)
     return [
         CoverageRow(c, g, role, r["n"], r["nq"], r["p"], r["pq"],
-                    "/".join(str(b) for b in sorted(r["bits"])) or "-")
+                    "/".join(str(b) for b in sorted(r["bits"])) or "-", r["nu"], r["pu"])
         for (c, g, role), r in rows.items()
     ]
 

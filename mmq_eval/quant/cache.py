@@ -23,7 +23,7 @@ from torch import nn
 from mmq_eval.quant.report import QuantReport
 from mmq_eval.quant.spec import QuantSpec
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: reports carry unused-block coverage and `effective`
 
 
 def _hash_tensor(h, t: torch.Tensor) -> None:

@@ -236,6 +236,8 @@ def quantize_model(
     """
     t_start = time.perf_counter()
     plan = spec.validate_for(model)
+    if not plan.effective:
+        logger.warning("; ".join(plan.notes[:2]))  # NO_EFFECT, then why (the unused-block note)
     if spec.needs_calibration and not calib_batches:
         raise MMQConfigError(f"method={spec.method} needs calibration batches (calib_samples={spec.calib_samples})")
     model_id = model_id or getattr(model.config, "_name_or_path", None) or None
@@ -275,6 +277,8 @@ def quantize_model(
         notes=run.notes, timings=timings,
         folded=[p for p in dict.fromkeys(run.changed) if p not in target_weights],
         calibration=_calibration_info(calib_batches) if spec.needs_calibration else None,
+        unused_params=sum(plan.info(n).in_features * plan.info(n).out_features for n in plan.unused_targets),
+        effective=plan.effective,
     )
     if cache is not None:
         cache.save(model, list(dict.fromkeys(run.changed)), report)

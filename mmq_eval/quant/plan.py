@@ -10,6 +10,9 @@ from mmq_eval.errors import MMQConfigError
 from mmq_eval.quant.arch import ArchMap, LinearInfo, block_group, resolve_arch
 from mmq_eval.quant.spec import COMPONENTS, QuantSpec
 
+NO_EFFECT = ("NO EFFECT: every quantized Linear lies in a block that does not affect outputs, so this "
+             "configuration computes exactly what full precision does; select other blocks to measure quantization")
+
 
 @dataclass(frozen=True)
 class LayerFormat:
@@ -44,6 +47,16 @@ class QuantPlan:
 
     def targets_in_block(self, block_path: str) -> list[str]:
         return [n for n in self.targets if self._by_name[n].block_path == block_path]
+
+    @property
+    def unused_targets(self) -> list[str]:
+        """Targeted Linears in blocks that do not affect outputs (LLaVA's ViT blocks after the feature layer)."""
+        return [n for n in self.targets if self.arch.is_unused(self._by_name[n])]
+
+    @property
+    def effective(self) -> bool:
+        """False when the spec quantizes Linears but none that can affect the model's outputs."""
+        return not self.targets or len(self.unused_targets) < len(self.targets)
 
 
 def _selected(spec: QuantSpec, li: LinearInfo, n_blocks: int) -> bool:
@@ -111,4 +124,7 @@ def build_plan(model: nn.Module, spec: QuantSpec) -> QuantPlan:
     for (comp, rel, width), count in fallbacks.items():
         notes.append(f"{comp}: default group size {spec.effective_group_size} does not divide in_features={width} "
                      f"of {rel} ({count} Linear{'s' * (count > 1)}); per channel instead")
-    return QuantPlan(arch, spec, targets, notes)
+    plan = QuantPlan(arch, spec, targets, notes)
+    if not plan.effective:
+        plan.notes.insert(0, NO_EFFECT)
+    return plan

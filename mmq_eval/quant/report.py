@@ -40,6 +40,8 @@ class QuantReport:
     timings: dict = field(default_factory=dict)
     calibration: dict | None = None
     cached: bool = False
+    unused_params: int = 0  # quantized weights in blocks that do not affect outputs (counted in bpw)
+    effective: bool = True  # False: Linears were quantized, but none that can affect outputs
 
     def error_summary(self) -> dict:
         """Per component: Linears, mean/max weight and output relative errors."""
@@ -71,19 +73,22 @@ class QuantReport:
     def format_table(self) -> str:
         """Human-readable coverage, bits per weight, errors and notes."""
         lines = [f"quantization: {self.spec.get('method')} on {self.arch}"
-                 + (f" ({self.model_id})" if self.model_id else "") + (" [from cache]" if self.cached else "")]
-        head = f"{'component':<10} {'third':<7} {'role':<5} {'bits':>5} {'linears':>9} {'params quantized':>26}"
+                 + (f" ({self.model_id})" if self.model_id else "") + (" [from cache]" if self.cached else "")
+                 + ("" if self.effective else " [NO EFFECT on outputs]")]
+        head = (f"{'component':<10} {'third':<7} {'role':<5} {'bits':>5} {'linears':>9} {'params quantized':>26}"
+                f"  {'unused':>6}")
         lines += [head, "-" * len(head)]
         for r in self.coverage:
             frac = r["params_quantized"] / r["params"] if r["params"] else 0.0
             lines.append(
                 f"{r['component']:<10} {r['block_group']:<7} {r['role']:<5} {r['bits']:>5} "
                 f"{r['linears_quantized']:>4}/{r['linears']:<4} "
-                f"{r['params_quantized']:>11,}/{r['params']:<11,} {frac:>4.0%}"
+                f"{r['params_quantized']:>11,}/{r['params']:<11,} {frac:>4.0%}  {r['linears_unused'] or '':>6}"
             )
         lines.append(
             f"bits per weight: {self.bpw:.4f} (incl. scale/zero metadata; {self.bpw_seed:.4f} without, seed convention); "
             f"{self.quantized_params:,} of {self.total_params:,} parameters quantized"
+            + (f", {self.unused_params:,} of them in unused blocks" if self.unused_params else "")
         )
         for comp, e in self.error_summary().items():
             s = f"  {comp}: {e['linears']} Linears, weight rel. error mean {e['weight_rel_err_mean']:.4f}"

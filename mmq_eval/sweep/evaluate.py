@@ -48,12 +48,14 @@ class LmmsEvaluator:
         from mmq_eval.sweep.spec import DEFAULT_MODEL, our_task_names
 
         args = dict(model)
-        self.lm = get_model(args.pop("name", DEFAULT_MODEL))(**args)
+        name = args.pop("name", DEFAULT_MODEL)
+        self.lm = get_model(name)(**args)
         self.tasks, self.limit = list(tasks), limit
         ours = our_task_names(tasks_path())
+        # model_name picks each task's lmms_eval_specific_kwargs (the prompts) for this model
         self.task_manager = TaskManager(
             verbosity="WARNING", include_path=str(tasks_path()),
-            include_defaults=not all(t in ours for t in tasks),
+            include_defaults=not all(t in ours for t in tasks), model_name=name,
         )
 
     def check(self, spec) -> None:
