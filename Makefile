@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c .ci/constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c .ci/constraints.txt -e ".[test,export]"
 	$(PY) -m pip uninstall --quiet -y torchvision
 	touch $@
 

@@ -1,10 +1,11 @@
 """Whole-model quantization time (uniform / rtn / gptq / awq) of a saved BLIP-2, BLIP-2 ITM or LLaVA.
 
-Loads the checkpoint once per method, builds synthetic calibration batches from its config
+Loads the checkpoint afresh for every run, builds synthetic calibration batches from its config
 (random pixels, random prompt tokens around the image placeholders), runs ``quantize_model`` and
-prints time, bits per weight and the mean calibration output error per method.
+prints the median time of ``--repeats`` runs, bits per weight and the mean calibration output
+error per method.
 
-    .venv/bin/python benchmarks/quantize_model.py [PATH] [--bits 4] [--calib-samples 32] [--threads 1]
+    .venv/bin/python benchmarks/quantize_model.py [PATH] [--bits 4] [--calib-samples 32] [--repeats 3] [--threads 1]
 
 PATH defaults to the embedded ``mmq_eval/assets/shapes-blip2``; without it, the tiny random
 BLIP-2 of ``tests/tiny_models.py``.
@@ -82,25 +83,28 @@ def main():
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--methods", nargs="+", default=["uniform", "rtn", "gptq", "awq"])
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     make, desc = load(args.path)
     print(f"{desc}; {args.bits}-bit all components; {args.calib_samples} calibration samples; "
-          f"{args.threads} thread(s); torch {torch.__version__}")
+          f"median of {args.repeats}; {args.threads} thread(s); torch {torch.__version__}")
     print(f"{'method':>8} {'time s':>8} {'bpw':>7} {'linears':>8} {'mean out err':>13}")
     for method in args.methods:
-        model = make()
         params = {"method": method, "bits": args.bits}
         if method in ("gptq", "awq"):
             params["calib_samples"] = args.calib_samples
-        batches = synthetic_batches(model, args.calib_samples) if method in ("gptq", "awq") else None
-        t = time.perf_counter()
-        report = quantize_model(model, QuantSpec.from_args(params), batches, progress=False)
-        elapsed = time.perf_counter() - t
+        times = []
+        for _ in range(args.repeats):
+            model = make()
+            batches = synthetic_batches(model, args.calib_samples) if method in ("gptq", "awq") else None
+            t = time.perf_counter()
+            report = quantize_model(model, QuantSpec.from_args(params), batches, progress=False)
+            times.append(time.perf_counter() - t)
         errs = [r.output_rel_err for r in report.layers if r.output_rel_err is not None]
         err = f"{statistics.fmean(errs):.4f}" if errs else "-"
-        print(f"{method:>8} {elapsed:>8.2f} {report.bpw:>7.3f} {len(report.layers):>8} {err:>13}")
+        print(f"{method:>8} {statistics.median(times):>8.2f} {report.bpw:>7.3f} {len(report.layers):>8} {err:>13}")
 
 
 if __name__ == "__main__":

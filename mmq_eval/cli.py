@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = {
     "report": "mmq_eval.report.cli",
     "regress": "mmq_eval.regress",
     "prepare-data": "mmq_eval.data.prepare",
+    "export": "mmq_eval.export.cli",
 }
 
 
