@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from mmq_eval.cli import main, tasks_path
 
 BIN = Path(sys.executable).parent

@@ -7,12 +7,7 @@ from mmq_eval.quant.formats import fake_quantize
 from mmq_eval.quant.gptq import HessianAccumulator, gptq_quantize, relative_output_error
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def reference_gptq(W, H, bits, group_size, sym, damp=0.01, act_order=False, static_groups=False):
