@@ -94,6 +94,18 @@ def test_a_spec_with_some_used_blocks_is_effective_and_counts_the_unused(tiny_ll
     report = load(tiny_llava_dir, method="rtn", vit_bits=4).quant_report
     assert report.effective and report.notes[0].startswith("vision_feature_layer=-2")
     assert report.unused_params == report.quantized_params // 3 > 0  # 1 of 3 equal ViT blocks
+    table = report.format_table().splitlines()
+    assert table[1].endswith("unused")
+    vit_last_mlp = next(line for line in table if line.split()[:3] == ["vit", "last", "mlp"])
+    assert vit_last_mlp.split()[-1] == "2"  # both Linears of the unused block's MLP
+    assert "of them in unused blocks" in report.format_table()
+
+
+def test_models_without_unused_blocks_show_no_unused_column(tiny_blip2_dir):
+    from mmq_eval.models.blip2 import MMQBlip2
+
+    lm = MMQBlip2(pretrained=str(tiny_blip2_dir), device="cpu", quant_cache="none", method="rtn", bits=4)
+    assert "unused" not in lm.quant_report.format_table()
 
 
 @pytest.mark.parametrize(("feature_layer", "unused"), [(-1, ()), (-2, (2,)), (-3, (1, 2)), ([-3, -2], (2,))])

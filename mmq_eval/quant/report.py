@@ -75,15 +75,17 @@ class QuantReport:
         lines = [f"quantization: {self.spec.get('method')} on {self.arch}"
                  + (f" ({self.model_id})" if self.model_id else "") + (" [from cache]" if self.cached else "")
                  + ("" if self.effective else " [NO EFFECT on outputs]")]
+        unused = any(r.get("linears_unused") for r in self.coverage)  # a column only where blocks are unused
         head = (f"{'component':<10} {'third':<7} {'role':<5} {'bits':>5} {'linears':>9} {'params quantized':>26}"
-                f"  {'unused':>6}")
+                + (f"  {'unused':>6}" if unused else ""))
         lines += [head, "-" * len(head)]
         for r in self.coverage:
             frac = r["params_quantized"] / r["params"] if r["params"] else 0.0
             lines.append(
                 f"{r['component']:<10} {r['block_group']:<7} {r['role']:<5} {r['bits']:>5} "
                 f"{r['linears_quantized']:>4}/{r['linears']:<4} "
-                f"{r['params_quantized']:>11,}/{r['params']:<11,} {frac:>4.0%}  {r['linears_unused'] or '':>6}"
+                f"{r['params_quantized']:>11,}/{r['params']:<11,} {frac:>4.0%}"
+                + (f"  {r['linears_unused'] or '':>6}" if unused else "")
             )
         lines.append(
             f"bits per weight: {self.bpw:.4f} (incl. scale/zero metadata; {self.bpw_seed:.4f} without, seed convention); "
