@@ -6,7 +6,7 @@ from pathlib import Path
 
 import datasets
 
-from mmq_eval.data.images import first_missing, image_cell
+from mmq_eval.data.images import decode_image, first_missing, image_cell
 from mmq_eval.data.writer import write_parquet
 
 FEATURES = datasets.Features({
@@ -30,4 +30,4 @@ def write_caption_set(path: Path, items: list[tuple[int, Path, list[str]]], desc
 
 def doc_to_visual(doc: dict) -> list:
     """The image embedded in a caption doc, as RGB."""
-    return [doc["image"].convert("RGB")]
+    return [decode_image(doc["image"], f"image {doc.get('image_id')!r} ({doc.get('file_name')})")]

@@ -11,6 +11,7 @@ import io
 from functools import lru_cache
 from pathlib import Path
 
+import datasets
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
@@ -40,6 +41,30 @@ def first_missing(paths: list[Path], what: str) -> None:
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise MMQDataError(f"{len(missing)} of {len(paths)} {what} are missing, the first: {missing[0]}")
+
+
+def decode_image(cell, what: str) -> Image.Image:
+    """The RGB image of a ``datasets.Image`` cell: a PIL image, or (undecoded) ``{"bytes", "path"}``.
+
+    Tasks keep their image columns undecoded (see ``undecoded_images``): lmms-eval reads every doc
+    several times, and only ``doc_to_visual`` needs the pixels. MMQDataError names ``what`` when
+    the bytes are not an image.
+    """
+    if isinstance(cell, Image.Image):
+        return cell.convert("RGB")
+    try:
+        with Image.open(io.BytesIO(cell["bytes"])) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, TypeError, KeyError) as exc:
+        raise MMQDataError(f"{what}: the image cannot be read ({exc}); prepare the data set again") from None
+
+
+def undecoded_images(dataset: datasets.Dataset) -> datasets.Dataset:
+    """``dataset`` with its image columns left encoded until ``decode_image`` (cheap: no copy)."""
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Image) and feature.decode:
+            dataset = dataset.cast_column(name, datasets.Image(decode=False))
+    return dataset
 
 
 class ImageStore:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import datasets
 
+from mmq_eval.data.images import undecoded_images
 from mmq_eval.errors import MMQDataError
 
 #: Column of the placeholder doc that ``load_prepared`` returns when a file is missing.
@@ -49,7 +50,7 @@ def load_prepared(relative: str, dataset: str, raw: str) -> datasets.Dataset:
     path = data_root() / relative
     if not path.is_file():
         return datasets.Dataset.from_dict({UNPREPARED: [unprepared_message(path, dataset, raw)]})
-    return datasets.Dataset.from_parquet(str(path))
+    return undecoded_images(datasets.Dataset.from_parquet(str(path)))
 
 
 def raise_if_unprepared(doc: dict) -> None:

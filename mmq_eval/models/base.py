@@ -124,9 +124,11 @@ class MMQModel(lmms):
         return self.tokenizer.eos_token_id
 
     def clean(self) -> None:
-        """Free caches but keep the model: sweeps evaluate one loaded model many times."""
-        gc.collect()
-        if torch.cuda.is_available():
+        """Free the GPU's cached memory after an evaluation but keep the model: sweeps evaluate one
+        loaded model many times. On a CPU there is nothing to free (a full ``gc.collect()`` would
+        cost ~0.4 s per evaluation and reclaim only what Python's collector frees anyway)."""
+        if self._device.type == "cuda":
+            gc.collect()
             torch.cuda.empty_cache()
 
     # ---- quantization --------------------------------------------------------------------

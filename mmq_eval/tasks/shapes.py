@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import datasets
+
+from mmq_eval.data.images import decode_image, undecoded_images
+
+
+def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
+    """The test split with its images left encoded until ``doc_to_visual`` needs them."""
+    return undecoded_images(dataset)
+
 
 def doc_to_visual(doc: dict) -> list:
     """The document's image, as RGB."""
-    return [doc["image"].convert("RGB")]
+    return [decode_image(doc["image"], f"shapes image {doc.get('image_id')!r}")]
 
 
 def caption_prompt(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
