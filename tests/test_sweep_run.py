@@ -135,3 +135,26 @@ def test_model_checks_run_before_the_first_evaluation(tmp_path, monkeypatch):
     with pytest.raises(MMQConfigError, match=r"configuration \w+ \(method=uniform .*llm_bits=2 .*\): llm_bits=2 not supported"):
         run_sweep(build_sweep(SPEC), tmp_path, progress=False)
     assert load_records(tmp_path) == []
+
+
+class NoEffectEvaluator:
+    """A fake whose model-dependent check says 8-bit ViTs cannot affect outputs."""
+
+    def check(self, spec):
+        return spec.component_bits("vit") != 8
+
+    def __call__(self, spec):
+        return 5.0, {"mmq_shapes_cap": {"cider": 1.0}}
+
+
+def no_effect_factory(model, tasks, limit):
+    return NoEffectEvaluator()
+
+
+def test_configurations_without_effect_are_flagged_in_the_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MMQ_SWEEP_EVALUATOR", "test_sweep_run:no_effect_factory")
+    run_sweep(build_sweep(SPEC), tmp_path, progress=False)
+    records = load_records(tmp_path)
+    flagged = {r["features"]["vit_bits"]: r.get("effective", True) for r in records}
+    assert len(records) == 4 and flagged == {8: False, 4: True}
+    assert capsys.readouterr().out.count("do not affect outputs") == 2

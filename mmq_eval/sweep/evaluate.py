@@ -58,9 +58,10 @@ class LmmsEvaluator:
             include_defaults=not all(t in ours for t in tasks), model_name=name,
         )
 
-    def check(self, spec) -> None:
-        """Model-dependent checks of ``spec`` (raises MMQConfigError naming the setting)."""
-        spec.validate_for(self.lm.model)
+    def check(self, spec) -> bool:
+        """Model-dependent checks of ``spec`` (raises MMQConfigError naming the setting); False when
+        it quantizes only blocks that cannot affect the outputs (``QuantPlan.effective``)."""
+        return spec.validate_for(self.lm.model).effective
 
     def __call__(self, spec) -> tuple[float, dict]:
         from lmms_eval.evaluator import simple_evaluate

@@ -37,11 +37,17 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, shard: tuple[int, int] = (0, 1)
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), unit="cfg",
                desc=f"sweep {index}/{count}", disable=not progress, dynamic_ncols=True)
     evaluator = make_evaluator(sweep.model, sweep.tasks, sweep.limit) if todo else None
+    no_effect = set()  # configurations that quantize only blocks which cannot affect outputs
     for cfg in todo if hasattr(evaluator, "check") else []:
         try:
-            evaluator.check(cfg.quant)
+            if evaluator.check(cfg.quant) is False:
+                no_effect.add(cfg.config_id)
         except MMQConfigError as err:
             raise MMQConfigError(f"configuration {cfg.config_id} ({_describe(cfg.features)}): {err}") from err
+    for cfg in todo:
+        if cfg.config_id in no_effect:
+            tqdm.write(f"warning: configuration {cfg.config_id} ({_describe(cfg.features)}) quantizes only blocks "
+                       "that do not affect outputs: it scores as full precision (recorded with effective: false)")
     host = socket.gethostname()
     for cfg in todo:
         bar.set_postfix_str(_describe(cfg.features), refresh=False)
@@ -58,6 +64,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, shard: tuple[int, int] = (0, 1)
             "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "host": host,
             "shard": f"{index}/{count}",
+            **({"effective": False} if cfg.config_id in no_effect else {}),
         })
         bar.update(1)
     bar.close()
