@@ -26,6 +26,13 @@ def test_grid_counts_and_full_precision_dedup():
     assert len({c.config_id for c in sweep.configs}) == 16
 
 
+def test_features_name_only_the_models_components():
+    blip2 = build_sweep(spec(fixed={"method": "rtn"}, grid={"bits": [4]})).configs[0].features
+    llava = build_sweep({**spec(fixed={"method": "rtn"}, grid={"bits": [4]}), "model": {"name": "mmq_llava", "pretrained": "mmq:shapes-llava"}})
+    assert [k for k in blip2 if k.endswith("_bits")] == ["vit_bits", "qformer_bits", "projector_bits", "llm_bits"]
+    assert [k for k in llava.configs[0].features if k.endswith("_bits")] == ["vit_bits", "projector_bits", "llm_bits"]
+
+
 def test_equivalent_specs_collapse():
     # Block group / layer type of a component left at 16 bits change nothing.
     sweep = build_sweep(spec(fixed={"method": "uniform", "llm_bits": 4},

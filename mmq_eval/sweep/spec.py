@@ -29,6 +29,7 @@ from mmq_eval.quant import QUANT_ARG_KEYS, QuantSpec
 DEFAULT_MODEL = "mmq_blip2"
 SPEC_KEYS = ("model", "tasks", "fixed", "grid", "method_args", "configs", "exclude")
 COMPONENTS = ("vit", "qformer", "projector", "llm")
+MODEL_COMPONENTS = {"mmq_blip2": COMPONENTS, "mmq_llava": ("vit", "projector", "llm")}  # no Q-Former in LLaVA
 BLOCK_COMPONENTS = ("vit", "qformer", "llm")
 _SELECTION = ("bits", "layer_group", "layer_type")
 # Wrapper args that do not change results: left out of the config id so a resumed sweep may
@@ -55,12 +56,12 @@ class Sweep:
     limit: int | None = None
 
 
-def features_of(spec: QuantSpec) -> dict:
-    """Analysis features: method, bits per component, block group, layer type (+ overrides)."""
+def features_of(spec: QuantSpec, components: tuple[str, ...] = COMPONENTS) -> dict:
+    """Analysis features: method, bits per component of the model, block group, layer type (+ overrides)."""
     if spec.is_noop:
         spec = QuantSpec()
     feats: dict[str, Any] = {"method": spec.method}
-    feats.update({f"{c}_bits": spec.component_bits(c) for c in COMPONENTS})
+    feats.update({f"{c}_bits": spec.component_bits(c) for c in components})
     feats["layer_group"], feats["layer_type"] = spec.layer_group, spec.layer_type
     feats.update({f"{c}_layer_group": g for c, g in sorted(spec.group_override.items())})
     feats.update({f"{c}_layer_type": t for c, t in sorted(spec.type_override.items())})
@@ -218,6 +219,7 @@ def build_sweep(spec: dict, limit: int | None = None, task_index: Callable[[Path
         raise MMQConfigError(f"--limit {limit}: must be a positive number of documents")
 
     configs, seen = [], set()
+    components = MODEL_COMPONENTS.get(model.get("name", DEFAULT_MODEL), COMPONENTS)
     for where, args in _raw_configs(spec):
         if _excluded(args, exclude):
             continue
@@ -228,7 +230,7 @@ def build_sweep(spec: dict, limit: int | None = None, task_index: Callable[[Path
         cid = config_id(model, quant, tasks, limit)
         if cid not in seen:
             seen.add(cid)
-            configs.append(Config(cid, QuantSpec() if quant.is_noop else quant, features_of(quant)))
+            configs.append(Config(cid, QuantSpec() if quant.is_noop else quant, features_of(quant, components)))
     if not configs:
         raise _fail("exclude", "excludes every configuration")
     check_tasks(tasks, task_index or _indexed_task_names)
