@@ -179,3 +179,23 @@ def test_full_precision_and_gptq_4bit_vqa(shapes_llava_vqa):
     assert bpw == 16.0 and fp >= 0.55 and fp == pytest.approx(recorded, abs=0.01)
     bpw, gptq = shapes_llava_vqa(method="gptq", bits=4)
     assert bpw < 5 and gptq >= 0.9 * fp
+
+
+@pytest.mark.skipif(not (ASSET / "model.safetensors").exists(), reason="checkpoint not trained")
+def test_calibration_examples_are_captioning_exchanges():
+    """GPTQ/AWQ calibrate LLaVA on the chat turn it is evaluated with, answered by the caption."""
+    from mmq_eval.models.calibration_data import load_calibration_examples
+    from mmq_eval.models.llava import MMQLlava
+    from mmq_eval.quant import QuantSpec
+
+    lm = MMQLlava(pretrained="mmq:shapes-llava", device="cpu")
+    spec = QuantSpec.from_args({"method": "gptq", "bits": 4, "calib_samples": 3})
+    (batch,) = lm.calibration_batches(spec)
+    captions = [text for _, text in load_calibration_examples("shapes", 3, spec.calib_seed)]
+    tokenizer, image_token = lm._processor.tokenizer, lm.model.config.image_token_id
+    for ids, mask, caption in zip(batch["input_ids"], batch["attention_mask"], captions):
+        want = tokenizer(lm._format_prompt(CAPTION_INSTRUCTION) + " " + caption).input_ids
+        got = ids[mask.bool()].tolist()  # the processor expands the one image token to the patches
+        assert [t for t in got if t != image_token] == [t for t in want if t != image_token]
+        caption_ids = tokenizer(caption, add_special_tokens=False).input_ids
+        assert got[-len(caption_ids):] == caption_ids  # the caption is the answer, at the end

@@ -93,6 +93,10 @@ class MMQModel(lmms):
         """Turn an lmms-eval context into the text the processor receives."""
         raise NotImplementedError
 
+    def _calibration_text(self, caption: str) -> str:
+        """The text of one calibration example (image + caption) as the model reads it."""
+        return self._format_prompt(caption)
+
     @property
     def _decoder_only(self) -> bool:
         """True when ``generate`` echoes the prompt tokens before the new ones."""
@@ -148,7 +152,7 @@ class MMQModel(lmms):
         for start in range(0, len(examples), CALIB_BATCH_SIZE):
             chunk = examples[start:start + CALIB_BATCH_SIZE]
             images = [image for image, _ in chunk]
-            texts = [self._format_prompt(text) for _, text in chunk]
+            texts = [self._calibration_text(text) for _, text in chunk]
             batch = self._encode(images, texts)
             if not self._decoder_only:  # an encoder-decoder LLM needs decoder inputs too
                 labels = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")

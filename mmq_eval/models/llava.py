@@ -7,6 +7,7 @@ from transformers import LlavaForConditionalGeneration
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.models.base import MMQModel
 from mmq_eval.models.loading import architecture_of, load_model, load_processor
+from mmq_eval.shapes.llava_model import CAPTION_INSTRUCTION  # LLaVA-1.5's, which the shapes model learned
 
 FALLBACK_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
 
@@ -35,6 +36,11 @@ class MMQLlava(MMQModel):
     @property
     def _decoder_only(self) -> bool:
         return True
+
+    def _calibration_text(self, caption: str) -> str:
+        """A captioning exchange: LLaVA-1.5's caption instruction in the chat template, then the
+        caption as the answer (so the LLM is calibrated on the tokens it reads and writes)."""
+        return f"{self._format_prompt(CAPTION_INSTRUCTION)} {caption}".rstrip()
 
     def _format_prompt(self, context: str) -> str:
         """The user turn of the model's chat template with one image, then the assistant cue."""
