@@ -330,8 +330,38 @@ def test_cache_loads_instead_of_requantizing(tmp_path, monkeypatch):
                        progress=False, cache_dir=tmp_path, model_id="tiny-opt")
     with pytest.raises(AssertionError, match="GPTQ ran"):
         quantize_model(tiny("opt")[0], spec, batches[:1], progress=False, cache_dir=tmp_path, model_id="tiny-opt")
-    assert not list(tmp_path.glob("*/*.pt")) and all(
-        {p.name for p in d.iterdir()} == {"weights.safetensors", "report.json"} for d in tmp_path.iterdir())
+    entries = list((tmp_path / "components").iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["components"] and len(entries) == 4  # vit, qformer, projector, llm
+    assert all({p.name for p in d.iterdir()} == {"weights.safetensors", "report.json"} for d in entries)
+
+
+def test_a_component_shared_with_an_earlier_spec_is_reused(tmp_path, monkeypatch):
+    """GPTQ on ViT + LLM, then the same ViT with another LLM width: the ViT is not calibrated
+    again, and the result equals a run without the cache."""
+    from mmq_eval.quant import engine
+
+    first = QuantSpec.from_args({"method": "gptq", "vit_bits": 3, "llm_bits": 4, "calib_samples": 8})
+    second = QuantSpec.from_args({"method": "gptq", "vit_bits": 3, "llm_bits": 2, "calib_samples": 8})
+    model, batches = tiny("opt")
+    quantize_model(model, first, batches, progress=False, cache_dir=tmp_path, model_id="tiny-opt")
+    fresh, _ = tiny("opt")
+    want = quantize_model(fresh, second, batches, progress=False)
+
+    quantized = []
+    real = engine.gptq_quantize
+    monkeypatch.setattr(engine, "gptq_quantize", lambda *a, name, **k: quantized.append(name) or real(*a, name=name, **k))
+    again, _ = tiny("opt")
+    got = quantize_model(again, second, batches, progress=False, cache_dir=tmp_path, model_id="tiny-opt")
+    assert quantized and all(n.startswith("language_model.") for n in quantized)  # only the LLM was calibrated
+    assert not got.cached and any(n.startswith("vit: gptq weights reused") for n in got.notes)
+    assert [(r.name, r.output_rel_err) for r in got.layers] == [(r.name, r.output_rel_err) for r in want.layers]
+    for (n, a), (_, b) in zip(fresh.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n
+    # a different ViT width misses: the LLM entry depends on the ViT before it
+    quantized.clear()
+    third = QuantSpec.from_args({"method": "gptq", "vit_bits": 4, "llm_bits": 2, "calib_samples": 8})
+    quantize_model(tiny("opt")[0], third, batches, progress=False, cache_dir=tmp_path, model_id="tiny-opt")
+    assert {n.split(".")[0] for n in quantized} == {"vision_model", "language_model"}
 
 
 def test_cache_keeps_awq_folded_parameters(tmp_path):

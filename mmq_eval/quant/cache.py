@@ -1,10 +1,16 @@
 """On-disk cache of quantized weights: safetensors + JSON only (nothing is ever unpickled).
 
-An entry ``<cache_dir>/<key>/`` holds ``weights.safetensors`` (every parameter quantization changed:
-the targeted Linear weights and, for AWQ, the norms / biases scales were folded into) and
-``report.json``. The key hashes the model id, a fingerprint of the targeted weights (so another
-checkpoint under the same id misses), the canonical spec and, for calibrated methods, the
-calibration seed, sample count, split and a fingerprint of the calibration batches.
+Every entry is a folder holding ``weights.safetensors`` (the parameters quantization changed) and
+``report.json``. Keys hash the model id and a fingerprint of the targeted full-precision weights
+(so another checkpoint under the same id misses), plus:
+
+- uniform, rtn: ``<cache_dir>/<key>/``, the whole model; the key adds the canonical spec.
+- gptq, awq: ``<cache_dir>/components/<key>/``, one entry per component (its Linears and, for AWQ,
+  the norms and biases its scales were folded into; its layer records and notes). Calibrating a
+  component depends only on its own targets and on the components before it in the pipeline, so
+  the key adds the formats of those targets, the method settings and the calibration (seed,
+  sample count, split, a fingerprint of the batches): a sweep that changes only the LLM's bits
+  reuses the calibrated ViT and Q-Former.
 """
 
 from __future__ import annotations
@@ -20,10 +26,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mmq_eval.quant.report import QuantReport
 from mmq_eval.quant.spec import QuantSpec
 
-CACHE_FORMAT = 2  # 2: reports carry unused-block coverage and `effective`
+CACHE_FORMAT = 3  # 2: reports carry unused-block coverage and `effective`; 3: gptq/awq per component
 
 
 def _hash_tensor(h, t: torch.Tensor) -> None:
@@ -58,23 +63,46 @@ def weights_fingerprint(model: nn.Module, names: list[str]) -> str:
     return h.hexdigest()
 
 
-def cache_key(model_id: str, spec: QuantSpec, weights_fp: str, batches: list[dict] | None) -> str:
-    payload = {"format": CACHE_FORMAT, "model_id": model_id, "spec": spec.to_dict(), "weights": weights_fp}
-    if spec.needs_calibration:
-        payload["calibration"] = {"seed": spec.calib_seed, "samples": spec.calib_samples,
-                                  "split": spec.calib_split, "batches": batches_fingerprint(batches or [])}
+def _hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def cache_key(model_id: str, spec: QuantSpec, weights_fp: str) -> str:
+    """Key of a whole model quantized by a data-free method (uniform, rtn)."""
+    return _hash({"format": CACHE_FORMAT, "model_id": model_id, "spec": spec.to_dict(), "weights": weights_fp})
+
+
+_PER_LAYER = ("bits", "layer_group", "layer_type")  # spec keys whose effect the layer formats carry
+
+
+def component_key(model_id: str, spec: QuantSpec, formats: dict[str, list], weights_fp: str,
+                  batches: list[dict]) -> str:
+    """Key of one component's calibrated quantization given the components before it.
+
+    ``formats`` maps every targeted Linear of the component and of the components before it to
+    its format; ``weights_fp`` fingerprints their full-precision weights. The spec's method
+    settings (``damp``, ``act_order``, calibration, ...) enter; its bits and selections only
+    through ``formats``, so the bits of later components do not change the key.
+    """
+    method = {k: v for k, v in spec.to_dict().items()
+              if not any(k == s or k.endswith(f"_{s}") for s in _PER_LAYER)}
+    calibration = {"seed": spec.calib_seed, "samples": spec.calib_samples, "split": spec.calib_split,
+                   "batches": batches_fingerprint(batches)}
+    return _hash({"format": CACHE_FORMAT, "kind": "component", "model_id": model_id, "method": method,
+                  "targets": formats, "weights": weights_fp, "calibration": calibration})
+
+
 class QuantCache:
+    """One entry: changed parameters (safetensors) and a JSON record (``report.json``)."""
+
     def __init__(self, cache_dir: str | os.PathLike, key: str):
         self.dir = Path(cache_dir) / key
 
     def exists(self) -> bool:
         return (self.dir / "weights.safetensors").is_file() and (self.dir / "report.json").is_file()
 
-    def load(self, model: nn.Module) -> QuantReport:
-        """Copy the cached parameters into `model`; return the stored report (marked cached)."""
+    def load(self, model: nn.Module) -> dict:
+        """Copy the cached parameters into `model`; return the stored record."""
         tensors = load_file(str(self.dir / "weights.safetensors"))
         params = dict(model.named_parameters())
         missing = [n for n in tensors if n not in params or params[n].shape != tensors[n].shape]
@@ -83,19 +111,17 @@ class QuantCache:
         with torch.no_grad():
             for name, t in tensors.items():
                 params[name].copy_(t.to(params[name].device, params[name].dtype))
-        report = QuantReport.from_dict(json.loads((self.dir / "report.json").read_text()))
-        report.cached = True
-        return report
+        return json.loads((self.dir / "report.json").read_text())
 
-    def save(self, model: nn.Module, changed: list[str], report: QuantReport) -> None:
-        """Write atomically (temporary folder, then rename)."""
+    def save(self, model: nn.Module, changed: list[str], record: dict) -> None:
+        """Write the parameters ``changed`` and ``record`` atomically (temporary folder, then rename)."""
         params = dict(model.named_parameters())
         tensors = {n: params[n].detach().cpu().contiguous() for n in changed}
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=".tmp-"))
         try:
             save_file(tensors, str(tmp / "weights.safetensors"))
-            (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
+            (tmp / "report.json").write_text(json.dumps(record, indent=1))
             if self.dir.exists():
                 shutil.rmtree(self.dir)
             tmp.rename(self.dir)

@@ -9,9 +9,12 @@ block runs once to produce the next block's inputs.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,7 +23,7 @@ from tqdm.auto import tqdm
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.quant import awq as awq_mod
 from mmq_eval.quant.bpw import bits_per_weight, coverage, coverage_dicts
-from mmq_eval.quant.cache import QuantCache, cache_key, weights_fingerprint
+from mmq_eval.quant.cache import QuantCache, cache_key, component_key, weights_fingerprint
 from mmq_eval.quant.calibration import (
     InputStats,
     advance,
@@ -46,8 +49,12 @@ def _rel_err(W: torch.Tensor, Q: torch.Tensor) -> float:
 class _Run:
     """State of one quantize_model call: records, notes, changed parameter names."""
 
-    def __init__(self, model: nn.Module, plan: QuantPlan, progress: bool):
+    def __init__(self, model: nn.Module, plan: QuantPlan, progress: bool,
+                 component_cache: tuple[str, str] | None = None):
         self.model, self.plan, self.spec, self.progress = model, plan, plan.spec, progress
+        self.component_cache = component_cache  # (cache dir, model id): reuse calibrated components
+        self.reused: list[str] = []  # components loaded from the component cache
+        self.calibrated: list[str] = []  # components calibrated in this run
         self.records: dict[str, LayerRecord] = {}
         self.notes: list[str] = list(plan.notes)
         self.changed: list[str] = []
@@ -77,33 +84,79 @@ class _Run:
     # ---- calibrated methods -----------------------------------------------------------------
 
     def sequential(self, batches: list[dict], timings: dict) -> None:
-        block_fn = self.gptq_block if self.spec.method == "gptq" else self.awq_block
         check_reached(self.model, [s for c in self.plan.arch.components for s in c.stacks
                                    if any(self.plan.targets_in_block(b) for b in s.blocks)], batches[0])
+        entries = self._component_entries(batches) if self.component_cache else {}
         for comp in self.plan.arch.components:
             stacks = [(s, [i for i, b in enumerate(s.blocks) if self.plan.targets_in_block(b)]) for s in comp.stacks]
             stacks = [(s, idx) for s, idx in stacks if idx]
             if not stacks:
                 continue
             t0 = time.perf_counter()
-            for stack, with_targets in stacks:
-                samples = capture_stack_inputs(self.model, stack, batches)
-                last = with_targets[-1]
-                bar = tqdm(stack.blocks[: last + 1], desc=f"{self.spec.method} {comp.name}", disable=not self.progress)
-                for i, block_path in enumerate(bar):
-                    block = self.model.get_submodule(block_path)
-                    names = self.plan.targets_in_block(block_path)
-                    if names:
-                        block_fn(block, block_path, stack.kind, names, samples)
-                        errs = [self.records[n].output_rel_err or 0.0 for n in names]
-                        bar.set_postfix(max_out_err=f"{max(errs):.4f}")
-                    if i < last:
-                        outputs = run_block(block, samples)
-                        samples = [advance(s, o, stack.carry) for s, o in zip(samples, outputs)]
+            entry = entries.get(comp.name)
+            if entry is not None and entry.exists():
+                self._restore(comp.name, entry)
+                self.reused.append(comp.name)
+            else:
+                mark = (len(self.changed), len(self.notes))
+                self._calibrate_component(comp, stacks, batches)
+                self.calibrated.append(comp.name)
+                if entry is not None:
+                    self._store(comp.name, entry, mark)
             timings[comp.name] = time.perf_counter() - t0
         for (comp, rel), count in sorted(self.awq_unscaled.items()):
             self.notes.append(f"awq {comp}: no input scale for {rel} in {count} block{'s' * (count > 1)} "
                               "(no exact fold, or no scale beat none); clip search only")
+
+    def _component_entries(self, batches: list[dict]) -> dict[str, QuantCache]:
+        """Per component with targets, its cache entry, keyed by its targets and all upstream ones
+        (fingerprints taken now, before any weight changes)."""
+        cache_dir, model_id = self.component_cache
+        entries, upstream = {}, {}
+        for comp in self.plan.arch.components:
+            names = [n for n in self.plan.targets if self.plan.info(n).component == comp.name]
+            if not names:
+                continue
+            upstream[comp.name] = weights_fingerprint(self.model, names)
+            formats = {n: [f.bits, f.group_size, f.sym] for n, f in self.plan.targets.items()
+                       if self.plan.info(n).component in upstream}
+            key = component_key(model_id, self.spec, formats, json.dumps(upstream, sort_keys=True), batches)
+            entries[comp.name] = QuantCache(Path(cache_dir) / "components", key)
+        return entries
+
+    def _store(self, component: str, entry: QuantCache, mark: tuple[int, int]) -> None:
+        changed, notes = self.changed[mark[0]:], self.notes[mark[1]:]
+        records = [asdict(r) for r in self.records.values() if r.component == component]
+        unscaled = [[rel, n] for (c, rel), n in self.awq_unscaled.items() if c == component]
+        entry.save(self.model, list(dict.fromkeys(changed)),
+                   {"changed": changed, "notes": notes, "records": records, "awq_unscaled": unscaled})
+
+    def _restore(self, component: str, entry: QuantCache) -> None:
+        record = entry.load(self.model)
+        self.changed += record["changed"]
+        self.notes += record["notes"]
+        self.records.update({r["name"]: LayerRecord(**r) for r in record["records"]})
+        self.awq_unscaled.update({(component, rel): n for rel, n in record["awq_unscaled"]})
+        self.notes.append(f"{component}: {self.spec.method} weights reused from the quantization cache "
+                          "(same targets, same components before it, same calibration)")
+
+    def _calibrate_component(self, comp, stacks, batches: list[dict]) -> None:
+        """Quantize one component's targets block by block on its recorded calibration inputs."""
+        block_fn = self.gptq_block if self.spec.method == "gptq" else self.awq_block
+        for stack, with_targets in stacks:
+            samples = capture_stack_inputs(self.model, stack, batches)
+            last = with_targets[-1]
+            bar = tqdm(stack.blocks[: last + 1], desc=f"{self.spec.method} {comp.name}", disable=not self.progress)
+            for i, block_path in enumerate(bar):
+                block = self.model.get_submodule(block_path)
+                names = self.plan.targets_in_block(block_path)
+                if names:
+                    block_fn(block, block_path, stack.kind, names, samples)
+                    errs = [self.records[n].output_rel_err or 0.0 for n in names]
+                    bar.set_postfix(max_out_err=f"{max(errs):.4f}")
+                if i < last:
+                    outputs = run_block(block, samples)
+                    samples = [advance(s, o, stack.carry) for s, o in zip(samples, outputs)]
 
     def _collect(self, block: nn.Module, names: list[str], samples: list, on_input) -> None:
         mods = {n: self.model.get_submodule(n) for n in names}
@@ -232,7 +285,9 @@ def quantize_model(
 
     calib_batches: dicts of tensors that ``model(**batch)`` accepts, already on the model's device;
     required for gptq / awq. With `cache_dir`, results are stored under a key of model id, spec and
-    calibration, and a later identical call loads them instead of quantizing again.
+    calibration, and a later identical call loads them instead of quantizing again; gptq / awq
+    store each component apart, so a call that shares a component and everything before it (in
+    pipeline order) with an earlier one reuses that component.
     """
     t_start = time.perf_counter()
     plan = spec.validate_for(model)
@@ -241,16 +296,21 @@ def quantize_model(
     if spec.needs_calibration and not calib_batches:
         raise MMQConfigError(f"method={spec.method} needs calibration batches (calib_samples={spec.calib_samples})")
     model_id = model_id or getattr(model.config, "_name_or_path", None) or None
-    cache = None
+    cache, component_cache = None, None
     if cache_dir and not spec.is_noop:
         if not model_id:
             raise MMQConfigError("cache_dir given but the model has no id: pass model_id")
-        fp = weights_fingerprint(model, list(plan.targets))
-        cache = QuantCache(cache_dir, cache_key(model_id, spec, fp, calib_batches))
-        if cache.exists():
-            return cache.load(model)
+        if spec.needs_calibration:  # one entry per component (see _Run.sequential)
+            component_cache = (cache_dir, model_id)
+        else:
+            fp = weights_fingerprint(model, list(plan.targets))
+            cache = QuantCache(cache_dir, cache_key(model_id, spec, fp))
+            if cache.exists():
+                report = QuantReport.from_dict(cache.load(model))
+                report.cached = True
+                return report
 
-    run = _Run(model, plan, progress)
+    run = _Run(model, plan, progress, component_cache)
     timings: dict[str, float] = {}
     model_was_training = model.training
     model.eval()
@@ -278,8 +338,8 @@ def quantize_model(
         folded=[p for p in dict.fromkeys(run.changed) if p not in target_weights],
         calibration=_calibration_info(calib_batches) if spec.needs_calibration else None,
         unused_params=sum(plan.info(n).in_features * plan.info(n).out_features for n in plan.unused_targets),
-        effective=plan.effective,
+        effective=plan.effective, cached=bool(run.reused) and not run.calibrated,
     )
     if cache is not None:
-        cache.save(model, list(dict.fromkeys(run.changed)), report)
+        cache.save(model, list(dict.fromkeys(run.changed)), report.to_dict())
     return report
