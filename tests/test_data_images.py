@@ -6,6 +6,7 @@ import datasets
 import pytest
 from PIL import Image
 
+from mmq_eval.data import captions
 from mmq_eval.data.images import decode_image, undecoded_images
 from mmq_eval.errors import MMQDataError
 from mmq_eval.tasks import shapes
@@ -37,5 +38,7 @@ def test_decoded_cells_are_accepted_as_they_are():
 
 def test_a_corrupt_image_names_the_document_and_the_fix():
     doc = {"image_id": 42, "image": {"bytes": b"\x89PNG not really", "path": "42.png"}}
-    with pytest.raises(MMQDataError, match=r"shapes image 42: the image cannot be read .*prepare the data set again"):
+    with pytest.raises(MMQDataError, match=r"shapes image 42: the image cannot be read .*python -m mmq_eval.shapes.export"):
         shapes.doc_to_visual(doc)
+    with pytest.raises(MMQDataError, match=r"image 3 \(3.jpg\): the image cannot be read .*prepare the data set again"):
+        captions.doc_to_visual({"image_id": 3, "file_name": "3.jpg", "image": {"bytes": b"\xff\xd8 cut", "path": None}})

@@ -43,12 +43,12 @@ def first_missing(paths: list[Path], what: str) -> None:
         raise MMQDataError(f"{len(missing)} of {len(paths)} {what} are missing, the first: {missing[0]}")
 
 
-def decode_image(cell, what: str) -> Image.Image:
+def decode_image(cell, what: str, fix: str = "prepare the data set again") -> Image.Image:
     """The RGB image of a ``datasets.Image`` cell: a PIL image, or (undecoded) ``{"bytes", "path"}``.
 
     Tasks keep their image columns undecoded (see ``undecoded_images``): lmms-eval reads every doc
-    several times, and only ``doc_to_visual`` needs the pixels. MMQDataError names ``what`` when
-    the bytes are not an image.
+    several times, and only ``doc_to_visual`` needs the pixels. MMQDataError names ``what`` and
+    the ``fix`` when the bytes are not an image.
     """
     if isinstance(cell, Image.Image):
         return cell.convert("RGB")
@@ -56,7 +56,7 @@ def decode_image(cell, what: str) -> Image.Image:
         with Image.open(io.BytesIO(cell["bytes"])) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, TypeError, KeyError) as exc:
-        raise MMQDataError(f"{what}: the image cannot be read ({exc}); prepare the data set again") from None
+        raise MMQDataError(f"{what}: the image cannot be read ({exc}); {fix}") from None
 
 
 def undecoded_images(dataset: datasets.Dataset) -> datasets.Dataset:

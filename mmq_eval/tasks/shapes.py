@@ -14,7 +14,9 @@ def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
 
 def doc_to_visual(doc: dict) -> list:
     """The document's image, as RGB."""
-    return [decode_image(doc["image"], f"shapes image {doc.get('image_id')!r}")]
+    return [decode_image(doc["image"], f"shapes image {doc.get('image_id')!r}",
+                         "the shipped test file is damaged: reinstall mmq-eval, or rewrite the files with "
+                         "python -m mmq_eval.shapes.export")]
 
 
 def caption_prompt(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
