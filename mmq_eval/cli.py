@@ -46,13 +46,24 @@ def _attach_quant_reports(output_path: str | None, started: float, reports: list
         results_file.write_text(json.dumps(data, indent=2, default=str))
 
 
+class _Refused(BaseException):
+    """Carries a bad-input error past lmms-eval's handler, which prints every Exception's traceback."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
 def run_lmms_eval(argv: list[str]) -> int:
     """Run lmms-eval in-process with our tasks included; 1 if any evaluation failed.
 
-    lmms-eval 0.7.3 prints a failed evaluation's traceback and still exits 0; this does not.
+    lmms-eval 0.7.3 prints a failed evaluation's traceback and still exits 0; this does not. Bad
+    input (MMQConfigError, MMQDataError: an unknown model arg, bits out of range, missing data)
+    stops the run with just its message (``main`` exits 2).
     """
     import lmms_eval.__main__ as lmms_main
 
+    from mmq_eval.errors import MMQConfigError, MMQDataError
     from mmq_eval.models import base
 
     outcomes: list[bool] = []
@@ -64,6 +75,9 @@ def run_lmms_eval(argv: list[str]) -> int:
         reports_before = len(base.QUANT_REPORTS)
         try:
             results = original(args)
+        except (MMQConfigError, MMQDataError) as err:
+            outcomes.append(False)
+            raise _Refused(err) from err
         except BaseException:
             outcomes.append(False)
             raise
@@ -78,6 +92,8 @@ def run_lmms_eval(argv: list[str]) -> int:
     sys.argv = ["lmms-eval", *argv]
     try:
         lmms_main.cli_evaluate()
+    except _Refused as refused:
+        raise refused.error from None
     finally:
         lmms_main.cli_evaluate_single = original
         sys.argv = saved_argv
