@@ -84,6 +84,14 @@ def test_unpredictable_scores_carry_a_caution(report_dir, tmp_path):
     assert "**Caution:** the forest does not predict this score" in (tmp_path / "report.md").read_text()
 
 
+def test_configurations_without_effect_are_named(report_dir, tmp_path):
+    assert "Without effect" not in (report_dir / "report.md").read_text()
+    records = synthetic_records()[:6]
+    records[1]["effective"] = records[4]["effective"] = False
+    build_report(records, tmp_path, seed=0)
+    assert "score as full precision while their bits count): c001, c004." in (tmp_path / "report.md").read_text()
+
+
 def test_pareto_mask():
     bpw = np.array([16, 8, 4, 4, 2])
     score = np.array([3.0, 3.0, 2.0, 2.5, 0.5])

@@ -45,8 +45,12 @@ def build_report(records: list[dict], out: Path, seed: int = 0) -> Path:
     df = sort_rows(flatten(records))
     write_table(df, out)
     features = [c for c in df.columns if c not in ("config_id", "bpw") and "/" not in c]
-    md = [f"# Quantization sweep report\n\n{len(df)} configurations. Scores are higher-is-better.\n",
-          "## Results\n", markdown(df), ""]
+    md = [f"# Quantization sweep report\n\n{len(df)} configurations. Scores are higher-is-better.\n"]
+    no_effect = sorted(r["config_id"] for r in records if r.get("effective") is False)
+    if no_effect:
+        md.append(f"Without effect (they quantize only blocks that do not affect outputs, so they score as "
+                  f"full precision while their bits count): {', '.join(no_effect)}.\n")
+    md += ["## Results\n", markdown(df), ""]
     importance_rows = []
     for column in score_columns(df):
         md.append(f"## {column}\n")
