@@ -76,18 +76,19 @@ _PER_LAYER = ("bits", "layer_group", "layer_type")  # spec keys whose effect the
 
 
 def component_key(model_id: str, spec: QuantSpec, formats: dict[str, list], weights_fp: str,
-                  batches: list[dict]) -> str:
+                  batches_fp: str) -> str:
     """Key of one component's calibrated quantization given the components before it.
 
     ``formats`` maps every targeted Linear of the component and of the components before it to
-    its format; ``weights_fp`` fingerprints their full-precision weights. The spec's method
-    settings (``damp``, ``act_order``, calibration, ...) enter; its bits and selections only
-    through ``formats``, so the bits of later components do not change the key.
+    its format; ``weights_fp`` fingerprints their full-precision weights, ``batches_fp`` the
+    calibration batches (``batches_fingerprint``). The spec's method settings (``damp``,
+    ``act_order``, calibration, ...) enter; its bits and selections only through ``formats``, so
+    the bits of later components do not change the key.
     """
     method = {k: v for k, v in spec.to_dict().items()
               if not any(k == s or k.endswith(f"_{s}") for s in _PER_LAYER)}
     calibration = {"seed": spec.calib_seed, "samples": spec.calib_samples, "split": spec.calib_split,
-                   "batches": batches_fingerprint(batches)}
+                   "batches": batches_fp}
     return _hash({"format": CACHE_FORMAT, "kind": "component", "model_id": model_id, "method": method,
                   "targets": formats, "weights": weights_fp, "calibration": calibration})
 

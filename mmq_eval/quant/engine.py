@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.quant import awq as awq_mod
 from mmq_eval.quant.bpw import bits_per_weight, coverage, coverage_dicts
-from mmq_eval.quant.cache import QuantCache, cache_key, component_key, weights_fingerprint
+from mmq_eval.quant.cache import QuantCache, batches_fingerprint, cache_key, component_key, weights_fingerprint
 from mmq_eval.quant.calibration import (
     InputStats,
     advance,
@@ -112,6 +112,7 @@ class _Run:
         """Per component with targets, its cache entry, keyed by its targets and all upstream ones
         (fingerprints taken now, before any weight changes)."""
         cache_dir, model_id = self.component_cache
+        batches_fp = batches_fingerprint(batches)  # hashes every calibration tensor: once per call
         entries, upstream = {}, {}
         for comp in self.plan.arch.components:
             names = [n for n in self.plan.targets if self.plan.info(n).component == comp.name]
@@ -120,7 +121,7 @@ class _Run:
             upstream[comp.name] = weights_fingerprint(self.model, names)
             formats = {n: [f.bits, f.group_size, f.sym] for n, f in self.plan.targets.items()
                        if self.plan.info(n).component in upstream}
-            key = component_key(model_id, self.spec, formats, json.dumps(upstream, sort_keys=True), batches)
+            key = component_key(model_id, self.spec, formats, json.dumps(upstream, sort_keys=True), batches_fp)
             entries[comp.name] = QuantCache(Path(cache_dir) / "components", key)
         return entries
 
