@@ -24,7 +24,7 @@ def test_undecoded_docs_hold_bytes_and_doc_to_visual_gives_the_pixels():
         {"image_id": [7, 8], "image": [{"bytes": png((255, 0, 0)), "path": None},
                                        {"bytes": png((0, 0, 255)), "path": None}]}, features=features)
     assert isinstance(data[0]["image"], Image.Image)  # datasets decodes on access by default
-    docs = shapes.process_docs(data)
+    docs = undecoded_images(data)  # the shapes tasks' process_docs
     assert docs[1]["image"]["bytes"] == png((0, 0, 255))
     (image,) = shapes.doc_to_visual(docs[1])
     assert image.mode == "RGB" and image.size == (4, 3) and image.getpixel((2, 1)) == (0, 0, 255)
@@ -42,3 +42,17 @@ def test_a_corrupt_image_names_the_document_and_the_fix():
         shapes.doc_to_visual(doc)
     with pytest.raises(MMQDataError, match=r"image 3 \(3.jpg\): the image cannot be read .*prepare the data set again"):
         captions.doc_to_visual({"image_id": 3, "file_name": "3.jpg", "image": {"bytes": b"\xff\xd8 cut", "path": None}})
+
+
+@pytest.mark.parametrize("task", ["mmq_shapes_cap", "mmq_shapes_vqa", "mmq_shapes_retrieval"])
+def test_shapes_tasks_keep_images_encoded_until_doc_to_visual(task):
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    from mmq_eval.cli import tasks_path
+
+    manager = TaskManager(verbosity="WARNING", include_path=tasks_path(), include_defaults=False)
+    task_obj = get_task_dict([task], manager)[task]
+    doc = task_obj.test_docs()[0]
+    assert doc["image"]["bytes"][:4] == b"\x89PNG"
+    (image,) = task_obj.doc_to_visual(doc)
+    assert image.mode == "RGB" and image.size == (64, 64)

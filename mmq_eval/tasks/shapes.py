@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import datasets
-
-from mmq_eval.data.images import decode_image, undecoded_images
-
-
-def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
-    """The test split with its images left encoded until ``doc_to_visual`` needs them."""
-    return undecoded_images(dataset)
+from mmq_eval.data.images import decode_image
 
 
 def doc_to_visual(doc: dict) -> list:
