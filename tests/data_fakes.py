@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from lmms_requests import make_image
@@ -122,6 +123,25 @@ def prepare_data(*argv: str) -> int:
         if "mmq_eval.data.prepare" not in cli.SUBCOMMAND_MODULES.values():
             mp.setitem(cli.SUBCOMMAND_MODULES, "prepare-data", "mmq_eval.data.prepare")
         return cli.main(["prepare-data", *argv])
+
+
+@contextmanager
+def prepared_root(tmp_path_factory, *preparations):
+    """A data root prepared from fake raw downloads by ``mmq-eval prepare-data``, with
+    ``MMQ_DATA_DIR`` (and ``HF_HUB_OFFLINE``) set while open; yields (root, raw folder).
+
+    Each preparation is ``(dataset, make_raw, *options)``: ``make_raw(raw / dataset)`` writes the
+    raw files (e.g. ``karpathy_raw``) and returns their folder.
+    """
+    import pytest
+
+    raw, root = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MMQ_DATA_DIR", str(root))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        for dataset, make_raw, *options in preparations:
+            assert prepare_data(dataset, "--from", str(make_raw(raw / dataset)), *options) == 0
+        yield root, raw
 
 
 def evaluate(model, tasks: list[str], model_args: str = "", **kwargs) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from data_fakes import coco2017_raw, evaluate, karpathy_raw, prepare_data
+from data_fakes import coco2017_raw, evaluate, karpathy_raw, prepare_data, prepared_root
 from mmq_eval.errors import MMQDataError
 from mmq_eval.models.calibration_data import load_calibration_examples
 
@@ -15,13 +15,8 @@ CAPTION_METRICS = {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cid
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    raw = tmp_path_factory.mktemp("raw")
-    root = tmp_path_factory.mktemp("data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMQ_DATA_DIR", str(root))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        assert prepare_data("coco_karpathy", "--from", str(karpathy_raw(raw / "k")), "--calib-size", "2") == 0
-        assert prepare_data("coco2017", "--from", str(coco2017_raw(raw / "c"))) == 0
+    with prepared_root(tmp_path_factory, ("coco_karpathy", karpathy_raw, "--calib-size", "2"),
+                       ("coco2017", coco2017_raw)) as (root, _):
         yield root
 
 

@@ -10,12 +10,13 @@ import socket
 import subprocess
 import sys
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from data_fakes import evaluate, flickr30k_raw, karpathy_raw, prepare_data
+from data_fakes import evaluate, flickr30k_raw, karpathy_raw, prepare_data, prepared_root
 
 from mmq_eval.errors import MMQConfigError, MMQDataError
 from mmq_eval.models.blip2 import MMQBlip2
@@ -30,14 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    raw = tmp_path_factory.mktemp("raw")
-    root = tmp_path_factory.mktemp("data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMQ_DATA_DIR", str(root))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        assert prepare_data("flickr30k", "--from", str(flickr30k_raw(raw / "f", n_test=4))) == 0
-        assert prepare_data("coco_karpathy", "--from", str(karpathy_raw(raw / "k", n_test=3)),
-                            "--calib-size", "0") == 0
+    with prepared_root(tmp_path_factory, ("flickr30k", partial(flickr30k_raw, n_test=4)),
+                       ("coco_karpathy", partial(karpathy_raw, n_test=3), "--calib-size", "0")) as (root, _):
         yield root
 
 

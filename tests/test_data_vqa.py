@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from data_fakes import evaluate, gqa_raw, prepare_data, vqav2_raw
+from data_fakes import evaluate, gqa_raw, prepare_data, prepared_root, vqav2_raw
 from mmq_eval.data import gqa, vqav2
 from mmq_eval.data.images import open_store
 from mmq_eval.errors import MMQDataError
@@ -18,14 +18,8 @@ TASKS = ["mmq_vqav2_val", "mmq_vqav2_val_lite", "mmq_gqa_testdev"]
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    raw = tmp_path_factory.mktemp("raw")
-    root = tmp_path_factory.mktemp("data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMQ_DATA_DIR", str(root))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        assert prepare_data("vqav2", "--from", str(vqav2_raw(raw / "v"))) == 0
-        assert prepare_data("gqa", "--from", str(gqa_raw(raw / "g"))) == 0
-        yield root, raw
+    with prepared_root(tmp_path_factory, ("vqav2", vqav2_raw), ("gqa", gqa_raw)) as root_and_raw:
+        yield root_and_raw
 
 
 def test_questions_and_image_store(prepared):
@@ -38,7 +32,7 @@ def test_questions_and_image_store(prepared):
     store = open_store(root / "vqav2" / "val_images.arrow")
     assert len(store) == 3  # each image once, though two questions share it
     image = vqav2.doc_to_visual(first.to_dict())[0]
-    with Image.open(raw / "v" / "val2014" / "COCO_val2014_000000000300.jpg") as original:
+    with Image.open(raw / "vqav2" / "val2014" / "COCO_val2014_000000000300.jpg") as original:
         assert np.array_equal(np.asarray(image), np.asarray(original.convert("RGB")))
     testdev = pd.read_parquet(root / "gqa" / "testdev_balanced.parquet")
     assert list(testdev.columns) == ["question_id", "image_id", "question", "answer"]

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 import torch
-from data_fakes import gqa_raw, prepare_data, vqav2_raw
+from data_fakes import gqa_raw, prepared_root, vqav2_raw
 from lmms_requests import make_image
 from quant_tiny import llava_batches
 from tiny_models import make_tiny_llava
@@ -156,11 +156,7 @@ def test_awq_maps_of_clip_and_llama_blocks():
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    raw, root = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMQ_DATA_DIR", str(root))
-        assert prepare_data("vqav2", "--from", str(vqav2_raw(raw / "v"))) == 0
-        assert prepare_data("gqa", "--from", str(gqa_raw(raw / "g"))) == 0
+    with prepared_root(tmp_path_factory, ("vqav2", vqav2_raw), ("gqa", gqa_raw)) as (root, _):
         yield root
 
 
