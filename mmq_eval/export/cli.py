@@ -118,6 +118,7 @@ def handle(args) -> int:
     from mmq_eval.models.loading import load_processor, resolve_pretrained
 
     lm = get_model(args.model)(**kwargs)
+    # a fresh processor: the wrapper's has the padding side it batches with, not the checkpoint's
     processor = load_processor(resolve_pretrained(lm.args.pretrained))
     write_packed(lm.model, processor, spec.validate_for(lm.model), out)
     figures = export_figures(lm, out, not args.no_memory)
