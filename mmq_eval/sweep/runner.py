@@ -40,12 +40,11 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, shard: tuple[int, int] = (0, 1)
     no_effect = set()  # configurations that quantize only blocks which cannot affect outputs
     for cfg in todo if hasattr(evaluator, "check") else []:
         try:
-            if evaluator.check(cfg.quant) is False:
-                no_effect.add(cfg.config_id)
+            effective = evaluator.check(cfg.quant)
         except MMQConfigError as err:
             raise MMQConfigError(f"configuration {cfg.config_id} ({_describe(cfg.features)}): {err}") from err
-    for cfg in todo:
-        if cfg.config_id in no_effect:
+        if effective is False:
+            no_effect.add(cfg.config_id)
             tqdm.write(f"warning: configuration {cfg.config_id} ({_describe(cfg.features)}) quantizes only blocks "
                        "that do not affect outputs: it scores as full precision (recorded with effective: false)")
     host = socket.gethostname()
