@@ -81,8 +81,8 @@ def main() -> int:
     from lmms_eval.models import get_model
     from lmms_eval.tasks import TaskManager
 
-    from mmq_eval.cli import tasks_path
     from mmq_eval.models.loading import load_processor, resolve_pretrained
+    from mmq_eval.tasks import tasks_path
 
     lm = get_model("mmq_blip2")(pretrained="mmq:shapes-blip2", device="cpu", batch_size=BATCH)
     processor = load_processor(resolve_pretrained("mmq:shapes-blip2"))

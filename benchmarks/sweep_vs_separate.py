@@ -54,8 +54,8 @@ def sweep(work: Path, args, env: dict) -> tuple[float, dict]:
 
 
 def separate(work: Path, args, env: dict) -> tuple[float, dict]:
-    from mmq_eval.cli import tasks_path
     from mmq_eval.sweep.evaluate import metrics_of
+    from mmq_eval.tasks import tasks_path
 
     total, scores = 0.0, {}
     for vit, llm in itertools.product(BITS, BITS):

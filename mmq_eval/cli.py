@@ -7,8 +7,9 @@ import importlib
 import json
 import sys
 import time
-from importlib import resources
 from pathlib import Path
+
+from mmq_eval.tasks import tasks_path
 
 #: Subcommands contributed by other modules: name -> module exposing ``register(subparsers)``.
 SUBCOMMAND_MODULES = {
@@ -18,11 +19,6 @@ SUBCOMMAND_MODULES = {
     "prepare-data": "mmq_eval.data.prepare",
     "export": "mmq_eval.export.cli",
 }
-
-
-def tasks_path() -> str:
-    """The folder holding our task YAMLs, for lmms-eval's ``--include_path``."""
-    return str(resources.files("mmq_eval.task_configs"))
 
 
 def _merge_include_path(user_path) -> list[str]:

@@ -150,7 +150,7 @@ def evaluate(model, tasks: list[str], model_args: str = "", **kwargs) -> dict:
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    from mmq_eval.cli import tasks_path
+    from mmq_eval.tasks import tasks_path
 
     manager = TaskManager(verbosity="WARNING", include_path=tasks_path(), include_defaults=False)
     out = simple_evaluate(model=model, model_args=model_args, tasks=tasks, task_manager=manager,

@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mmq_eval.cli import main, tasks_path
+from mmq_eval.cli import main
+from mmq_eval.tasks import tasks_path
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

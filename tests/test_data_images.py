@@ -48,7 +48,7 @@ def test_a_corrupt_image_names_the_document_and_the_fix():
 def test_shapes_tasks_keep_images_encoded_until_doc_to_visual(task):
     from lmms_eval.tasks import TaskManager, get_task_dict
 
-    from mmq_eval.cli import tasks_path
+    from mmq_eval.tasks import tasks_path
 
     manager = TaskManager(verbosity="WARNING", include_path=tasks_path(), include_defaults=False)
     task_obj = get_task_dict([task], manager)[task]

@@ -145,7 +145,7 @@ def test_missing_image_is_named(tmp_path, capsys):
 def test_unprepared_task_names_the_file_and_the_command(tmp_path, monkeypatch, task, expected, dataset):
     from lmms_eval.tasks import TaskManager, get_task_dict
 
-    from mmq_eval.cli import tasks_path
+    from mmq_eval.tasks import tasks_path
 
     monkeypatch.setenv("MMQ_DATA_DIR", str(tmp_path))
     manager = TaskManager(verbosity="WARNING", include_path=tasks_path(), include_defaults=False)

@@ -101,7 +101,7 @@ def test_calibration_options_are_for_karpathy_only(tmp_path, capsys):
 def test_unprepared_task_names_the_file_and_the_command(tmp_path, monkeypatch):
     from lmms_eval.tasks import TaskManager, get_task_dict
 
-    from mmq_eval.cli import tasks_path
+    from mmq_eval.tasks import tasks_path
 
     monkeypatch.setenv("MMQ_DATA_DIR", str(tmp_path))
     manager = TaskManager(verbosity="WARNING", include_path=tasks_path(), include_defaults=False)
@@ -117,7 +117,7 @@ def test_unprepared_task_names_the_file_and_the_command(tmp_path, monkeypatch):
 def test_prompt_per_model_family(prepared, model_name, prompt):
     from lmms_eval.tasks import TaskManager, get_task_dict
 
-    from mmq_eval.cli import tasks_path
+    from mmq_eval.tasks import tasks_path
 
     manager = TaskManager(verbosity="WARNING", include_path=tasks_path(), include_defaults=False,
                           model_name=model_name)

@@ -11,16 +11,14 @@ import torch
 from mmq_eval.models.processes import Processes
 from mmq_eval.models.retrieval import (
     blip_caption,
-    correct_pairs,
     image_features,
     itc_similarity,
     itm_logits,
-    ranks_from_scores,
-    recall_at_k,
     rerank,
     text_features,
 )
 from mmq_eval.tasks import retrieval as task
+from mmq_eval.tasks.retrieval_metrics import correct_pairs, ranks_from_scores, recall_at_k
 
 
 def brute_force_ranks(scores: torch.Tensor, correct: torch.Tensor) -> list[int]:

@@ -9,9 +9,9 @@ from lmms_eval.evaluator import simple_evaluate
 from lmms_eval.tasks import TaskManager
 from lmms_requests import generate_requests, make_image
 
-from mmq_eval.cli import tasks_path
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.models.blip2 import MMQBlip2
+from mmq_eval.tasks import tasks_path
 
 TASK = "mmq_shapes_retrieval"
 N_IMAGES = 100  # chance R@1 is about 1% in both directions

@@ -145,7 +145,7 @@ def test_committed_checkpoint_answers_easy_questions(monkeypatch):
 def test_shapes_tasks_prompt_each_family_as_it_was_trained(model_name, task, prompt):
     from lmms_eval.tasks import TaskManager, get_task_dict
 
-    from mmq_eval.cli import tasks_path
+    from mmq_eval.tasks import tasks_path
 
     manager = TaskManager(verbosity="WARNING", include_path=tasks_path(), include_defaults=False,
                           model_name=model_name)

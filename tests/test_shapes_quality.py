@@ -10,9 +10,9 @@ import pytest
 from lmms_eval.evaluator import simple_evaluate
 from lmms_eval.tasks import TaskManager
 
-from mmq_eval.cli import tasks_path
 from mmq_eval.models.blip2 import MMQBlip2
 from mmq_eval.quant import QuantSpec
+from mmq_eval.tasks import tasks_path
 
 TASKS = ("mmq_shapes_cap", "mmq_shapes_vqa")
 

@@ -14,7 +14,8 @@ carry ``mmq_retrieval: {...}`` with these settings:
   over query tokens (LAVIS's ``compute_itm``), "prob" its softmax match probability.
 
 The final score of a pair among a query's top ``k_test`` ITC candidates is ITM term + ITC
-similarity; every other pair scores -inf. Ties count against the model (see ``ranks_from_scores``).
+similarity; every other pair scores -inf. Ties count against the model (see
+``mmq_eval.tasks.retrieval_metrics.ranks_from_scores``).
 
 Under several lmms-eval processes the gallery is the union of all processes' docs: as LAVIS,
 every process extracts all features, scores its share of the ITM pairs, and the shares are summed.
@@ -32,6 +33,7 @@ from transformers import Blip2ForImageTextRetrieval
 
 from mmq_eval.errors import MMQConfigError, MMQDataError
 from mmq_eval.models.processes import ONE_PROCESS, Processes
+from mmq_eval.tasks.retrieval_metrics import correct_pairs, ranks_from_scores
 
 DEFAULTS = {
     "k_test": 128,
@@ -114,41 +116,6 @@ def rerank(sims: torch.Tensor, itm_term, k_test: int, batch_size: int, processes
     scores = processes.sum(itm) + sims
     minus_inf = torch.tensor(float("-inf"), device=sims.device)
     return torch.where(i2t, scores, minus_inf), torch.where(t2i, scores, minus_inf).t()
-
-
-# ---- ranks and recall (pure) ------------------------------------------------------------------
-def ranks_from_scores(scores: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each query's best correct candidate (rows: queries, columns: candidates).
-
-    A tie with a wrong candidate counts against the model: rank = number of wrong candidates
-    scoring at least as high as the best correct one (so constant scores give no recall).
-    """
-    best = torch.where(correct, scores, scores.new_tensor(float("-inf"))).amax(dim=1, keepdim=True)
-    return ((scores >= best) & ~correct).sum(dim=1)
-
-
-def recall_at_k(ranks, k: int) -> float:
-    """Fraction of queries whose best correct candidate ranks within the top ``k``."""
-    ranks = torch.as_tensor(ranks)
-    return float((ranks < k).float().mean()) if len(ranks) else float("nan")
-
-
-def correct_pairs(refs: list[list[str]], match_identical: bool) -> torch.Tensor:
-    """(images, texts) correctness, texts being all references in order.
-
-    A text is correct for its own image and, with ``match_identical``, for every image whose
-    references hold the identical string.
-    """
-    owner = torch.tensor([i for i, r in enumerate(refs) for _ in r])
-    correct = owner[None, :] == torch.arange(len(refs))[:, None]
-    if match_identical:
-        positions: dict[str, list[int]] = {}
-        for j, text in enumerate(t for r in refs for t in r):
-            positions.setdefault(text, []).append(j)
-        for i, r in enumerate(refs):
-            for text in set(r):
-                correct[i, positions[text]] = True
-    return correct
 
 
 # ---- lmms-eval entry point ----------------------------------------------------------------------

@@ -31,6 +31,7 @@ from mmq_eval.shapes.world import (
     render,
     vqa_items,
 )
+from mmq_eval.tasks.captioning import cider_score
 
 WARMUP_STEPS = 100
 
@@ -81,25 +82,14 @@ def generate(model, processor, images, prompts, max_new_tokens: int, batch_size:
     return out
 
 
-def cider(predictions: dict[int, str], references: dict[int, list[str]]) -> float:
-    """Corpus CIDEr-D (pycocoevalcap, PTB-tokenised) of predictions against references."""
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-    tok = PTBTokenizer()
-    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
-    res = tok.tokenize({k: [{"caption": predictions[k]}] for k in references})
-    return float(Cider().compute_score(gts, res)[0])
-
-
 def evaluate(model, processor, n_captions: int = 200, n_questions: int = 500) -> dict:
     """Test-split CIDEr (5 references) and VQA exact-match accuracy, overall and per type."""
     model.eval()
     scenes = make_scenes("test", n_captions)
     preds = generate(model, processor, [render(s) for s in scenes],
                      [CAPTION_PROMPT] * len(scenes), max_new_tokens=24)
-    score = cider({s.index: p for s, p in zip(scenes, preds)},
-                  {s.index: captions(s) for s in scenes})
+    score = cider_score({s.index: captions(s) for s in scenes},
+                        {s.index: [p] for s, p in zip(scenes, preds)})
     pairs = balanced_vqa("test", n_questions)
     answers = generate(model, processor, [render(s) for s, _ in pairs],
                        [VQA_PROMPT.format(question=q.question) for _, q in pairs],

@@ -27,13 +27,13 @@ from mmq_eval.models.retrieval import (
     image_features,
     itc_similarity,
     itm_logits,
-    recall_at_k,
     text_features,
 )
 from mmq_eval.shapes.model import QFORMER, VISION
 from mmq_eval.shapes.tokenizer import NUM_QUERY_TOKENS, build_processor, build_tokenizer
 from mmq_eval.shapes.training import Budget, fit, pixel_values, save_trained
 from mmq_eval.shapes.world import captions, make_scene, make_scenes, render
+from mmq_eval.tasks.retrieval_metrics import recall_at_k
 
 EMBED_DIM = 64
 MAX_TEXT_POSITIONS = 64

@@ -30,7 +30,7 @@ from mmq_eval.shapes.llava_model import (
     build_shapes_llava,
     user_prompt,
 )
-from mmq_eval.shapes.train import cider, generate
+from mmq_eval.shapes.train import generate
 from mmq_eval.shapes.training import Budget, fit, pixel_values, save_trained, vqa_accuracy
 from mmq_eval.shapes.world import (
     balanced_vqa,
@@ -41,6 +41,7 @@ from mmq_eval.shapes.world import (
     render,
     vqa_items,
 )
+from mmq_eval.tasks.captioning import cider_score
 
 WARMUP_STEPS = 50
 
@@ -164,8 +165,8 @@ def evaluate(model, processor, n_captions: int = 200, n_questions: int = 500) ->
     preds = generate(model, processor, [render(s) for s in scenes],
                      [user_prompt(processor, CAPTION_INSTRUCTION)] * len(scenes),
                      max_new_tokens=24)
-    score = cider({s.index: p for s, p in zip(scenes, preds)},
-                  {s.index: captions(s) for s in scenes})
+    score = cider_score({s.index: captions(s) for s in scenes},
+                        {s.index: [p] for s, p in zip(scenes, preds)})
     pairs = balanced_vqa("test", n_questions)
     answers = generate(model, processor, [render(s) for s, _ in pairs],
                        [user_prompt(processor, VQA_INSTRUCTION.format(question=q.question))

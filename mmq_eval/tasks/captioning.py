@@ -35,11 +35,23 @@ def _meteor() -> Meteor:
     return Meteor()
 
 
-def caption_scores(gts: dict[str, list[str]], res: dict[str, list[str]]) -> dict[str, float]:
-    """All captioning metrics of predictions ``res`` against references ``gts`` (by image id)."""
+def _tokenized(gts: dict, res: dict) -> tuple[dict, dict]:
+    """References and predictions PTB-tokenised, as the COCO caption evaluation scores them."""
     tokenizer = PTBTokenizer()
     gts_tok = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in gts.items()})
     res_tok = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in res.items()})
+    return gts_tok, res_tok
+
+
+def cider_score(gts: dict, res: dict) -> float:
+    """Corpus CIDEr-D alone of predictions ``res`` against references ``gts``, both
+    ``{image id: [captions]}`` (ids of any hashable type, the same in both)."""
+    return float(Cider().compute_score(*_tokenized(gts, res))[0])
+
+
+def caption_scores(gts: dict[str, list[str]], res: dict[str, list[str]]) -> dict[str, float]:
+    """All captioning metrics of predictions ``res`` against references ``gts`` (by image id)."""
+    gts_tok, res_tok = _tokenized(gts, res)
     bleu, _ = Bleu(4).compute_score(gts_tok, res_tok)
     scores = {f"bleu{i + 1}": float(b) for i, b in enumerate(bleu)}
     scores["meteor"] = float(_meteor().compute_score(gts_tok, res_tok)[0])

@@ -10,7 +10,7 @@ import json
 
 from mmq_eval.data.layout import raise_if_unprepared
 from mmq_eval.errors import MMQConfigError
-from mmq_eval.models.retrieval import recall_at_k
+from mmq_eval.tasks.retrieval_metrics import recall_at_k
 
 KS = (1, 5, 10)
 METRICS = tuple(f"{d}_r{k}" for d in ("i2t", "t2i") for k in KS) + ("mean_recall",)
