@@ -105,7 +105,7 @@ def _median_time(fn, args, repeats):
 
 
 def _agree(codes, ours) -> str:
-    return f"{(codes == ours).float().mean().item():.6f}" if codes is not None else "-"
+    return f"{(codes == ours.to(codes.dtype)).float().mean().item():.6f}" if codes is not None else "-"
 
 
 def main():
@@ -131,12 +131,13 @@ def main():
         gs = args.group_size if n % args.group_size == 0 else n
         call = (W, H, args.bits, gs, False)
         ours_t, ours = _median_time(gptq_quantize, call, args.repeats)
+        ours = ours.qweight
         lazy_t, lazy_codes = _median_time(lazy_reference, call, args.repeats)
         plain_t = plain_codes = None
         if n <= args.skip_plain_above:
             plain_t, plain_codes = _median_time(plain_reference, call, args.repeats)
         # float64: exact agreement of the integer codes, free of float32 rounding ties
-        codes64 = gptq_quantize(W.double(), H.double(), args.bits, gs, False).codes
+        codes64 = gptq_quantize(W.double(), H.double(), args.bits, gs, False).qweight.codes.double()
         same64 = torch.equal(codes64, plain_reference(W.double(), H.double(), args.bits, gs, False))
         rtn_err = relative_output_error(W, fake_quantize(W, args.bits, gs, False), H)
         ours_err = relative_output_error(W, ours.weight, H)

@@ -45,6 +45,7 @@ from transformers import Blip2Config, Blip2ForConditionalGeneration
 
 from mmq_eval.export.packed import write_packed
 from mmq_eval.quant import QuantSpec, quantize_model
+from mmq_eval.quant.plan import build_plan
 
 #: Parameters of Salesforce/blip2-opt-2.7b (ViT-g, 12-layer Q-Former, OPT-2.7b; tied LM head).
 FULL_SIZE_PARAMS = 3_744_761_856
@@ -185,7 +186,7 @@ def run(args) -> dict:
 
     out_dir = Path(args.export_dir)
     with timed(f, "export_s", device):
-        write_packed(model, None, spec.validate_for(model), out_dir)
+        write_packed(model, None, build_plan(model, spec), report.qweights, out_dir)
     f["packed_tensor_bytes"] = tensor_bytes(model)
     f["gpu_allocated_packed"] = gpu_allocated(device)
     f["packed_bytes_on_disk"] = sum(p.stat().st_size for p in out_dir.glob("*.safetensors"))

@@ -2,10 +2,9 @@
 
 from lmms_eval.models.registry_v2 import ModelManifest
 
+from mmq_eval.quant.registry import lmms_models
+
 
 def model_manifests() -> list[ModelManifest]:
-    """Manifests of the ``mmq_*`` models, resolved lazily by lmms-eval."""
-    return [
-        ModelManifest(model_id="mmq_blip2", simple_class_path="mmq_eval.models.blip2.MMQBlip2"),
-        ModelManifest(model_id="mmq_llava", simple_class_path="mmq_eval.models.llava.MMQLlava"),
-    ]
+    """Manifests of the ``mmq_*`` models (one per wrapper of the architecture registry), resolved lazily."""
+    return [ModelManifest(model_id=model_id, simple_class_path=path) for model_id, path in lmms_models().items()]

@@ -1,5 +1,6 @@
-"""Packed export (compressed-tensors pack-quantized): integer grid recovery, round trips through
-plain transformers, refusals, the ``mmq-eval export`` command and the memory measurement."""
+"""Packed export (compressed-tensors pack-quantized): the quantizers' codes in compressed-tensors'
+convention, round trips through plain transformers, refusals, the ``mmq-eval export`` command and
+the memory measurement."""
 
 import json
 
@@ -11,13 +12,13 @@ from transformers import AutoProcessor, Blip2ForConditionalGeneration, LlavaForC
 
 from mmq_eval.cli import main
 from mmq_eval.errors import MMQConfigError
-from mmq_eval.export.grid import recover_grid
 from mmq_eval.export.memory import checkpoint_bytes, measure
-from mmq_eval.export.packed import write_packed
+from mmq_eval.export.packed import signed_grid, write_packed
 from mmq_eval.export.schemes import check_plan, check_spec
 from mmq_eval.quant import QuantSpec, quantize_model
 from mmq_eval.quant.formats import rtn_quantize
-from mmq_eval.quant.plan import LayerFormat, build_plan
+from mmq_eval.quant.gptq import gptq_quantize
+from mmq_eval.quant.plan import build_plan
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -27,11 +28,11 @@ def _quantize_and_export(model_class, source, args: dict, batches, out):
     """(reference logits of the fake-quantized model, plan) after exporting it to `out`."""
     model = model_class.from_pretrained(source, dtype=torch.float32).eval()
     spec = QuantSpec.from_args(args)
-    quantize_model(model, spec, batches if spec.needs_calibration else None, progress=False)
+    report = quantize_model(model, spec, batches if spec.needs_calibration else None, progress=False)
     with torch.no_grad():
         reference = model(**batches[0]).logits
-    plan = spec.validate_for(model)
-    write_packed(model, AutoProcessor.from_pretrained(source), plan, out)
+    plan = build_plan(model, spec)
+    write_packed(model, AutoProcessor.from_pretrained(source), plan, report.qweights, out)
     return reference, plan
 
 
@@ -57,37 +58,39 @@ def gptq_export(tiny_blip2_dir, tmp_path_factory):
     return out, reference, batches
 
 
-# ---- the integer grid ------------------------------------------------------------------------
+# ---- the quantizers' codes in compressed-tensors' convention --------------------------------------
 
-def test_recover_grid_hand_computed_symmetric_codes():
+def test_signed_grid_hand_computed_symmetric_codes():
     # 4-bit symmetric per channel: scale = 2·0.8/15; codes round(w/scale) + 8 clamp to [0, 15]
     w = torch.tensor([[-0.8, -0.4, 0.0, 0.7]])
-    fake = rtn_quantize(w, 4, 4, sym=True).dequantize()
-    grid = recover_grid(fake, LayerFormat(4, 4, True))
+    q = rtn_quantize(w, 4, 4, sym=True)
+    grid = signed_grid(q, torch.float32, "w")
     assert grid.codes.tolist() == [[-8, -4, 0, 7]]  # compressed-tensors' signed codes (ours − 8)
     assert grid.scale.item() == pytest.approx(1.6 / 15, rel=1e-6)
     assert grid.zero is None
-    assert torch.equal(grid.dequantize(), fake)
+    assert torch.equal(grid.dequantize(), q.weight)
 
 
 @pytest.mark.parametrize("bits,sym", [(2, True), (3, False), (4, False), (8, True)])
-def test_recover_grid_reproduces_rtn_integers(bits, sym):
+def test_signed_grid_keeps_the_rtn_integers(bits, sym):
     w = torch.randn(24, 64, generator=torch.Generator().manual_seed(bits))
     ours = rtn_quantize(w, bits, 16, sym)
-    fake = ours.dequantize()
-    grid = recover_grid(fake, LayerFormat(bits, 16, sym))
-    assert (grid.dequantize() - fake).abs().max() <= 1e-6 * fake.abs().max()
+    grid = signed_grid(ours, torch.float32, "w")
+    assert torch.equal(grid.dequantize(), ours.weight)  # bit for bit: no float-to-grid recovery
     half = 2 ** (bits - 1)
     assert grid.codes.min() >= -half and grid.codes.max() <= half - 1
-    k_ours = ours.codes - ours.zero.repeat_interleave(16, dim=1)
+    k_ours = ours.codes.float() - ours.zero.repeat_interleave(16, dim=1)
     zero = 0 if sym else grid.zero.float().repeat_interleave(16, dim=1)
     assert torch.equal(grid.codes.float() - zero, k_ours)  # the same integers q − z
 
 
-def test_off_grid_weights_are_refused():
-    w = torch.randn(8, 32, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(MMQConfigError, match=r"layer\.x: 8 of 8 groups are not on a 4-bit symmetric grid"):
-        recover_grid(w, LayerFormat(4, 32, True), "layer.x")
+def test_groups_in_activation_order_are_refused():
+    W = torch.randn(8, 32, generator=torch.Generator().manual_seed(0))
+    H = torch.eye(32) + torch.diag(torch.arange(32.0))
+    q = gptq_quantize(W, H, 4, 16, sym=True, act_order=True).qweight
+    assert q.g_idx is not None
+    with pytest.raises(MMQConfigError, match=r"layer\.x: its groups are not runs of consecutive columns"):
+        signed_grid(q, torch.float32, "layer.x")
 
 
 # ---- round trips through plain transformers ----------------------------------------------------
@@ -149,6 +152,8 @@ def test_asymmetric_single_format_reloads_dequantized(tiny_blip2_dir, tmp_path):
     ({"method": "rtn", "bits": 16}, r"nothing to export"),
     ({"method": "rtn", "vit_bits": 8, "llm_bits": 4},
      r"asymmetric export needs a single format.*\(int4, int8\).*Use sym=true"),
+    ({"method": "gptq", "bits": 4, "sym": True, "act_order": True},
+     r"act_order=true without static_groups=true.*add static_groups=true \(or group_size=-1\)"),
 ])
 def test_unexportable_specs_are_refused_before_loading(args, message):
     with pytest.raises(MMQConfigError, match=message):
@@ -172,7 +177,7 @@ def test_missing_compressed_tensors_names_the_extra(monkeypatch, tiny_blip2_dir,
     model = Blip2ForConditionalGeneration.from_pretrained(tiny_blip2_dir)
     plan = build_plan(model, QuantSpec.from_args({"method": "rtn", "bits": 4, "sym": True}))
     with pytest.raises(MMQConfigError, match=r"compressed-tensors>=0\.20 \(found none\).*mmq-eval\[export\]"):
-        write_packed(model, None, plan, tmp_path)
+        write_packed(model, None, plan, {}, tmp_path)
 
 
 # ---- command line and memory ---------------------------------------------------------------------

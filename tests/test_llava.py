@@ -15,6 +15,7 @@ from transformers import LlavaForConditionalGeneration
 from mmq_eval.models.llava import MMQLlava
 from mmq_eval.quant import awq as awq_mod
 from mmq_eval.quant.arch import resolve_arch
+from mmq_eval.quant.registry import BLOCK_KINDS
 
 METHODS = ["uniform", "rtn", "gptq", "awq"]
 COMPONENTS = ["vit", "projector", "llm"]
@@ -128,7 +129,7 @@ def test_unused_blocks_follow_vision_feature_layer(feature_layer, unused):
 
 
 def _groups(kind, block):
-    return [(g.prev, g.prev_kind, g.linears) for g in awq_mod.scale_groups(kind, block)]
+    return [(m.prev, m.via, m.linears) for m in awq_mod.applicable_mappings(block, BLOCK_KINDS[kind])]
 
 
 def test_awq_maps_of_clip_and_llama_blocks():
@@ -137,21 +138,21 @@ def test_awq_maps_of_clip_and_llama_blocks():
     clip = model.model.vision_tower.encoder.layers[0]
     assert _groups("clip", clip) == [
         ("layer_norm1", "norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-        ("self_attn.v_proj", "linear", ("self_attn.out_proj",)),
+        ("self_attn.v_proj", "attention", ("self_attn.out_proj",)),
         ("layer_norm2", "norm", ("mlp.fc1",)),
     ]
     llama = model.model.language_model.layers[0]
     assert _groups("llama", llama) == [
         ("input_layernorm", "norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
         ("post_attention_layernorm", "norm", ("mlp.gate_proj", "mlp.up_proj")),
-        ("mlp.up_proj", "linear", ("mlp.down_proj",)),
-        ("self_attn.v_proj", "linear", ("self_attn.o_proj",)),
+        ("mlp.up_proj", "gate", ("mlp.down_proj",)),
+        ("self_attn.v_proj", "attention", ("self_attn.o_proj",)),
     ]
     # grouped-query attention: v has fewer rows than o has columns, so v -> o is not an exact fold
     config = model.config
     config.text_config.num_key_value_heads = 1
     gqa = LlavaForConditionalGeneration(config).model.language_model.layers[0]
-    assert ("self_attn.v_proj", "linear", ("self_attn.o_proj",)) not in _groups("llama", gqa)
+    assert ("self_attn.v_proj", "attention", ("self_attn.o_proj",)) not in _groups("llama", gqa)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,7 @@ def test_real_data_vqa_tasks_with_llava_prompts(prepared, tiny_llava_dir, monkey
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    from mmq_eval.cli import tasks_path
+    from mmq_eval.tasks import tasks_path
 
     monkeypatch.setenv("MMQ_DATA_DIR", str(prepared))
     lm = load(tiny_llava_dir, method="rtn", llm_bits=4)

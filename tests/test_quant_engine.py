@@ -17,6 +17,7 @@ from quant_tiny import (
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.quant import QuantSpec, quantize_model
 from mmq_eval.quant import awq as awq_mod
+from mmq_eval.quant import gptq as gptq_mod
 from mmq_eval.quant.arch import resolve_arch
 from mmq_eval.quant.calibration import (
     advance,
@@ -128,13 +129,6 @@ def test_selection_changes_exactly_the_targets(kind, args, expected, method):
 
 
 @pytest.mark.parametrize("kind", ["opt", "t5", "itm", "llava"])
-def test_uniform_all_components(kind):
-    mapped = {li.name for li in resolve_arch(tiny(kind)[0]).linears}
-    report = _check_selection(kind, {"bits": 3}, lambda n: n in mapped, "uniform")
-    assert {r.group_size for r in report.layers} == {0}
-
-
-@pytest.mark.parametrize("kind", ["opt", "t5", "itm", "llava"])
 def test_awq_changes_targets_and_only_folded_norms_besides(kind):
     model, batches = tiny(kind)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -150,57 +144,32 @@ def test_awq_changes_targets_and_only_folded_norms_besides(kind):
     assert any(r.awq_scaled for r in report.layers) and any(r.awq_clipped for r in report.layers)
 
 
-@pytest.mark.parametrize("kind", ["opt", "t5", "itm", "llava"])
-def test_awq_folding_is_exact_with_rounding_disabled(kind, monkeypatch):
-    model, batches = tiny(kind)
-    model = model.double()
-    batches = [{k: v.double() if v.is_floating_point() else v for k, v in b.items()} for b in batches]
-    with torch.no_grad():
-        ref = model(**batches[0])
-    gen = torch.Generator().manual_seed(0)
-
-    def random_scale(weights, X, x_mean, fmt):
-        return torch.exp(torch.randn(X.shape[1], generator=gen, dtype=torch.float64) * 0.5)
-
-    monkeypatch.setattr(awq_mod, "search_scale", random_scale)
-    monkeypatch.setattr(awq_mod, "quantize_with_clip", lambda W, clip, fmt: W)
-    report = quantize_model(model, QuantSpec.from_args({"method": "awq", "bits": 4}), batches, progress=False)
-    assert report.folded and all(r.awq_scaled is not None for r in report.layers)
-    n_scaled = sum(bool(r.awq_scaled) for r in report.layers)
-    assert n_scaled >= 4
-    with torch.no_grad():
-        out = model(**batches[0])
-    logits = [(ref.logits_per_image, out.logits_per_image)] if kind == "itm" else [(ref.logits, out.logits)]
-    for a, b in logits:
-        assert (a - b).abs().max().item() < 1e-5
-
-
 def _groups(kind, component):
-    model, _ = tiny(kind)
+    model = tiny(kind)[0]
     stack = resolve_arch(model).component(component).stacks[-1]
     block = model.get_submodule(stack.blocks[0])
-    return {(g.prev, g.prev_kind, g.linears) for g in awq_mod.scale_groups(stack.kind, block)}
+    return {(m.prev, m.via, m.linears) for m in awq_mod.applicable_mappings(block, stack.kind)}
 
 
 def test_awq_fold_policy():
     vit = _groups("opt", "vit")  # BLIP-2 ViT: pre-LN, fused qkv, GELU MLP
-    assert ("self_attn.qkv", "qkv_v", ("self_attn.projection",)) in vit
+    assert ("self_attn.qkv", "attention", ("self_attn.projection",)) in vit
     assert ("layer_norm2", "norm", ("mlp.fc1",)) in vit
     assert not any("mlp.fc2" in g[2] for g in vit)  # never across GELU
     qformer = _groups("opt", "qformer")  # post-LN BERT blocks: only v → output
-    assert {g[1] for g in qformer} == {"linear"}
-    assert ("crossattention.attention.value", "linear", ("crossattention.output.dense",)) in qformer
+    assert {g[1] for g in qformer} == {"attention"}
+    assert ("crossattention.attention.value", "attention", ("crossattention.output.dense",)) in qformer
     opt = _groups("opt", "llm")  # pre-LN OPT with ReLU: fc1 → fc2 is exact
-    assert ("fc1", "linear", ("fc2",)) in opt
+    assert ("fc1", "activation", ("fc2",)) in opt
     assert ("self_attn_layer_norm", "norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")) in opt
     t5_dec = _groups("t5", "llm")  # gated-GELU T5 decoder: wi_1 (linear branch) → wo, no EncDec k/v
     ff = "layer.2.DenseReluDense"
-    assert (f"{ff}.wi_1", "linear", (f"{ff}.wo",)) in t5_dec
+    assert (f"{ff}.wi_1", "gate", (f"{ff}.wo",)) in t5_dec
     assert not any("EncDecAttention.k" in name for g in t5_dec for name in g[2])
     clip = _groups("llava", "vit")
     assert not any("mlp.fc2" in g[2] for g in clip)
     llama = _groups("llava", "llm")
-    assert ("mlp.up_proj", "linear", ("mlp.down_proj",)) in llama
+    assert ("mlp.up_proj", "gate", ("mlp.down_proj",)) in llama
     assert _groups("llava", "projector") == set()
 
 
@@ -307,8 +276,6 @@ def test_padding_is_masked_in_llm_statistics():
 
 
 def test_cache_loads_instead_of_requantizing(tmp_path, monkeypatch):
-    from mmq_eval.quant import engine
-
     spec = QuantSpec.from_args({"method": "gptq", "bits": 3, "llm_bits": 4, "calib_samples": 8})
     model, batches = tiny("opt")
     first = quantize_model(model, spec, batches, progress=False, cache_dir=tmp_path, model_id="tiny-opt")
@@ -317,7 +284,7 @@ def test_cache_loads_instead_of_requantizing(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("GPTQ ran although the cache holds this spec")
 
-    monkeypatch.setattr(engine, "gptq_quantize", boom)
+    monkeypatch.setattr(gptq_mod, "gptq_quantize", boom)
     again, _ = tiny("opt")
     second = quantize_model(again, spec, batches, progress=False, cache_dir=tmp_path, model_id="tiny-opt")
     assert second.cached and second.bpw == first.bpw
@@ -332,7 +299,12 @@ def test_cache_loads_instead_of_requantizing(tmp_path, monkeypatch):
         quantize_model(tiny("opt")[0], spec, batches[:1], progress=False, cache_dir=tmp_path, model_id="tiny-opt")
     entries = list((tmp_path / "components").iterdir())
     assert [p.name for p in tmp_path.iterdir()] == ["components"] and len(entries) == 4  # vit, qformer, projector, llm
-    assert all({p.name for p in d.iterdir()} == {"weights.safetensors", "report.json"} for d in entries)
+    assert all({p.name for p in d.iterdir()} == {"weights.safetensors", "codes.safetensors", "report.json"}
+               for d in entries)
+    # the codes come back with the cached weights, equal to the computed ones
+    assert set(second.qweights) == set(first.qweights) == {r.name for r in first.layers}
+    for name, q in first.qweights.items():
+        assert torch.equal(second.qweights[name].codes, q.codes) and torch.equal(second.qweights[name].scale, q.scale)
 
 
 def test_a_component_shared_with_an_earlier_spec_is_reused(tmp_path, monkeypatch):
@@ -348,8 +320,8 @@ def test_a_component_shared_with_an_earlier_spec_is_reused(tmp_path, monkeypatch
     want = quantize_model(fresh, second, batches, progress=False)
 
     quantized = []
-    real = engine.gptq_quantize
-    monkeypatch.setattr(engine, "gptq_quantize", lambda *a, name, **k: quantized.append(name) or real(*a, name=name, **k))
+    real = gptq_mod.gptq_quantize
+    monkeypatch.setattr(gptq_mod, "gptq_quantize", lambda *a, name, **k: quantized.append(name) or real(*a, name=name, **k))
     again, _ = tiny("opt")
     got = quantize_model(again, second, batches, progress=False, cache_dir=tmp_path, model_id="tiny-opt")
     assert quantized and all(n.startswith("language_model.") for n in quantized)  # only the LLM was calibrated

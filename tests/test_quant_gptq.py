@@ -80,16 +80,24 @@ def test_same_integer_codes_as_reference(bits, group_size, sym, act_order, stati
     H = 2 * X.t() @ X / X.shape[0]
     ref = reference_gptq(W, H, bits, group_size, sym, act_order=act_order, static_groups=static_groups)
     ours = gptq_quantize(W.float(), H.float(), bits, group_size, sym, act_order=act_order,
-                         static_groups=static_groups, block_size=16)
+                         static_groups=static_groups, block_size=16).qweight
     assert torch.equal(ours.codes.double(), ref)
+    assert ours.codes.dtype == torch.uint8
     assert torch.all(ours.weight[:, 5] == 0)  # dead column: weight 0
-    assert torch.allclose(ours.weight, ours.scale * (ours.codes - ours.zero))
+    # the returned grid: one (scale, zero) per row and group, reproducing the weights exactly
+    assert ours.scale.shape == ours.zero.shape == (48, 64 // group_size)
+    assert torch.equal(ours.weight, ours.dequantize())
+    if act_order and not static_groups:  # groups are runs of the activation order, not of columns
+        assert ours.g_idx is not None and torch.bincount(ours.g_idx).tolist() == [group_size] * (64 // group_size)
+    else:
+        assert ours.g_idx is None
 
 
 def test_per_channel_codes_and_values_per_row():
     W, X = _layer(32, 48, 256, seed=1)
     H = 2 * X.t() @ X / X.shape[0]
-    ours = gptq_quantize(W.float(), H.float(), 3, 48, sym=False)
+    ours = gptq_quantize(W.float(), H.float(), 3, 48, sym=False).qweight
+    assert ours.scale.shape == (32, 1)
     assert torch.equal(ours.codes.double(), reference_gptq(W, H, 3, 48, False))
     for row in ours.weight:
         assert row.unique().numel() <= 8
@@ -105,7 +113,7 @@ def test_calibration_error_below_rtn(bits):
         acc.add(chunk)
     H = acc.hessian()
     assert torch.allclose(H, 2 * X.t() @ X / X.shape[0], rtol=1e-4, atol=1e-3)
-    gptq = gptq_quantize(W, H, bits, 128, sym=False).weight
+    gptq = gptq_quantize(W, H, bits, 128, sym=False).qweight.weight
     rtn = fake_quantize(W, bits, 128, sym=False)
 
     def err(Q):

@@ -6,6 +6,7 @@ import pytest
 from quant_tiny import make_tiny_blip2
 
 from mmq_eval.errors import MMQConfigError
+from mmq_eval.quant.plan import build_plan
 from mmq_eval.quant.seed_configs import (
     load_seed_config,
     spec_from_seed_awq,
@@ -49,7 +50,7 @@ def test_uniform_entries():
     assert [spec.component_bits(c) for c in ("vit", "qformer", "projector", "llm")] == [5, 16, 16, 5]
     assert spec.component_groups("llm") == {"middle"} and spec.component_types("llm") == {"attn"}
     assert spec.component_groups("vit") == {"first", "middle", "last"}
-    plan = spec.validate_for(make_tiny_blip2(0, "opt")[0])
+    plan = build_plan(make_tiny_blip2(0, "opt")[0], spec)
     assert sorted(plan.targets)[:4] == [f"language_model.model.decoder.layers.1.self_attn.{p}"
                                         for p in ("k_proj", "out_proj", "q_proj", "v_proj")]
 

@@ -9,6 +9,7 @@ from quant_tiny import make_tiny_blip2, make_tiny_itm, make_tiny_llava
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.quant import QUANT_ARG_KEYS, QuantSpec, quantize_model
 from mmq_eval.quant.arch import resolve_arch
+from mmq_eval.quant.plan import build_plan
 
 
 @pytest.fixture(scope="module")
@@ -86,26 +87,26 @@ def test_bits_error_lists_accepted_values():
 
 def test_component_the_architecture_lacks(blip2, llava):
     with pytest.raises(MMQConfigError, match=r"qformer_bits: LlavaForConditionalGeneration has no qformer"):
-        QuantSpec.from_args({"method": "rtn", "qformer_bits": 4}).validate_for(llava)
+        build_plan(llava, QuantSpec.from_args({"method": "rtn", "qformer_bits": 4}))
     with pytest.raises(MMQConfigError, match="qformer_layer_type"):
-        QuantSpec.from_args({"method": "rtn", "bits": 4, "qformer_layer_type": "mlp"}).validate_for(llava)
+        build_plan(llava, QuantSpec.from_args({"method": "rtn", "bits": 4, "qformer_layer_type": "mlp"}))
     # BLIP-2's language_projection is its projector; a global bits covers whatever exists
-    plan = QuantSpec.from_args({"method": "rtn", "projector_bits": 4}).validate_for(blip2)
+    plan = build_plan(blip2, QuantSpec.from_args({"method": "rtn", "projector_bits": 4}))
     assert list(plan.targets) == ["language_projection"]
-    assert QuantSpec.from_args({"method": "rtn", "bits": 4}).validate_for(llava).targets
+    assert build_plan(llava, QuantSpec.from_args({"method": "rtn", "bits": 4})).targets
 
 
 def test_group_size_must_divide_when_explicit(blip2):
     with pytest.raises(MMQConfigError) as err:
-        QuantSpec.from_args({"method": "rtn", "bits": 4, "group_size": 64}).validate_for(blip2)
+        build_plan(blip2, QuantSpec.from_args({"method": "rtn", "bits": 4, "group_size": 64}))
     assert "group_size=64" in str(err.value) and "vision_model.encoder.layers.0.self_attn.qkv" in str(err.value)
     assert "32" in str(err.value)
     # the default 128 falls back to per channel, recorded per layer
-    plan = QuantSpec.from_args({"method": "rtn", "bits": 4}).validate_for(blip2)
+    plan = build_plan(blip2, QuantSpec.from_args({"method": "rtn", "bits": 4}))
     fmt = plan.targets["language_model.model.decoder.layers.0.fc2"]
     assert fmt.fallback and fmt.group_size == 96
     assert "llm: default group size 128 does not divide in_features=96 of fc2 (3 Linears); per channel instead" in plan.notes
-    plan = QuantSpec.from_args({"method": "rtn", "bits": 4, "group_size": 16}).validate_for(blip2)
+    plan = build_plan(blip2, QuantSpec.from_args({"method": "rtn", "bits": 4, "group_size": 16}))
     assert {f.group_size for f in plan.targets.values()} == {16}
 
 
@@ -116,13 +117,13 @@ def test_selection_matching_nothing_names_the_argument():
     tiny_vit = make_tiny_blip2(0, "opt")[0]
     tiny_vit.vision_model.encoder.layers = tiny_vit.vision_model.encoder.layers[:2]  # thirds of 2: first is empty
     with pytest.raises(MMQConfigError) as err:
-        QuantSpec.from_args({"method": "rtn", "vit_bits": 4, "vit_layer_group": "first"}).validate_for(tiny_vit)
+        build_plan(tiny_vit, QuantSpec.from_args({"method": "rtn", "vit_bits": 4, "vit_layer_group": "first"}))
     assert "vit_layer_group=first" in str(err.value) and "selects no Linear of vit" in str(err.value)
 
 
 def test_unknown_architecture():
     with pytest.raises(MMQConfigError) as err:
-        QuantSpec.from_args({"method": "rtn", "bits": 4}).validate_for(torch.nn.Linear(4, 4))
+        build_plan(torch.nn.Linear(4, 4), QuantSpec.from_args({"method": "rtn", "bits": 4}))
     assert "Linear" in str(err.value) and "Blip2ForConditionalGeneration" in str(err.value)
 
 

@@ -127,9 +127,12 @@ def test_uniform_llm_bits_quantizes_only_the_llm(tiny_blip2_dir):
 
 
 def test_family_mismatch_is_a_clear_error(tiny_blip2_dir, tiny_llava_dir):
-    with pytest.raises(MMQConfigError, match=r"is a LlavaForConditionalGeneration, not a BLIP-2 checkpoint.*use mmq_llava"):
+    with pytest.raises(MMQConfigError, match=r"is a LlavaForConditionalGeneration, not a checkpoint this model "
+                                             r"serves \(Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval\); "
+                                             r"use --model mmq_llava"):
         MMQBlip2(pretrained=str(tiny_llava_dir), device="cpu")
-    with pytest.raises(MMQConfigError, match=r"is a Blip2ForConditionalGeneration, not a LLaVA checkpoint"):
+    with pytest.raises(MMQConfigError, match=r"is a Blip2ForConditionalGeneration, not a checkpoint this model "
+                                             r"serves \(LlavaForConditionalGeneration\); use --model mmq_blip2"):
         MMQLlava(pretrained=str(tiny_blip2_dir), device="cpu")
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mmq_eval.errors import MMQConfigError
+from mmq_eval.quant.registry import lmms_models
 
 DESCRIPTION = """\
 Load and quantize a model exactly as `mmq-eval run` would (same --model and --model_args,
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
     """Add the ``export`` subcommand."""
     p = subparsers.add_parser("export", help="write a quantized model as a pack-quantized checkpoint",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="mmq_blip2", choices=("mmq_blip2", "mmq_llava"))
+    p.add_argument("--model", default="mmq_blip2", choices=sorted(lmms_models()))
     p.add_argument("--model_args", required=True,
                    help="as for mmq-eval run, e.g. pretrained=...,method=gptq,bits=4,sym=true")
     p.add_argument("--out", required=True, metavar="DIR", help="new or empty output folder")
@@ -116,11 +117,12 @@ def handle(args) -> int:
 
     from mmq_eval.export.packed import write_packed
     from mmq_eval.models.loading import load_processor, resolve_pretrained
+    from mmq_eval.quant.plan import build_plan
 
     lm = get_model(args.model)(**kwargs)
     # a fresh processor: the wrapper's has the padding side it batches with, not the checkpoint's
     processor = load_processor(resolve_pretrained(lm.args.pretrained))
-    write_packed(lm.model, processor, spec.validate_for(lm.model), out)
+    write_packed(lm.model, processor, build_plan(lm.model, spec), lm.quant_report.qweights, out)
     figures = export_figures(lm, out, not args.no_memory)
     print(format_table(figures))
     if args.json:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 
 from mmq_eval.errors import MMQConfigError
-from mmq_eval.quant.plan import LayerFormat, QuantPlan
+from mmq_eval.quant.formats import LayerFormat
+from mmq_eval.quant.plan import QuantPlan
 from mmq_eval.quant.spec import COMPONENTS, QuantSpec
 
 FORMAT = "pack-quantized"
@@ -37,6 +38,12 @@ def check_spec(spec: QuantSpec) -> None:
             "method=uniform cannot be exported as pack-quantized: its per-tensor min–max grid is "
             "offset by the tensor's minimum, which no integer zero point reproduces; use "
             "method=rtn (or gptq / awq) with sym=true"
+        )
+    if spec.method == "gptq" and spec.act_order and not spec.static_groups and spec.group_size != -1:
+        raise MMQConfigError(
+            "act_order=true without static_groups=true orders each group's columns by activation, "
+            "so groups are not runs of consecutive columns, which pack-quantized needs; add "
+            "static_groups=true (or group_size=-1)"
         )
     bits = {spec.component_bits(c) for c in COMPONENTS} - {16}
     if not spec.sym and len(bits) > 1:
@@ -71,7 +78,14 @@ def group_targets(plan: QuantPlan) -> dict[tuple[int, bool, int], list[str]]:
 
 
 def check_plan(plan: QuantPlan) -> None:
-    """Refuse plans whose checkpoint transformers could not reload (see the module docstring)."""
+    """Refuse plans that quantize a component the registry marks unexportable, or whose
+    checkpoint transformers could not reload (see the module docstring)."""
+    for comp in plan.arch.components:
+        if comp.unexportable and any(plan.info(n).component == comp.name for n in plan.targets):
+            raise MMQConfigError(
+                f"{plan.arch.arch}: a quantized {comp.name} cannot be exported as pack-quantized "
+                f"({comp.unexportable}); set {comp.name}_bits=16 to export the other components"
+            )
     groups = group_targets(plan)
     if any(not sym for _, sym, _ in groups) and len(groups) > 1:
         raise _mixed_asymmetric([scheme_name(k) for k in groups])

@@ -19,13 +19,18 @@ from lmms_eval.api.model import lmms
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.models.args import WRAPPER_KEYS, parse_wrapper_args, unknown_key_error
 from mmq_eval.models.calibration_data import load_calibration_examples
-from mmq_eval.models.loading import EMBEDDED_PREFIX, resolve_pretrained
+from mmq_eval.models.loading import EMBEDDED_PREFIX, architecture_of, resolve_pretrained
+from mmq_eval.quant import QUANT_ARG_KEYS, QuantSpec, quantize_model
+from mmq_eval.quant.plan import build_plan
+from mmq_eval.quant.registry import FAMILIES, family
+from mmq_eval.shapes.llava_model import CAPTION_INSTRUCTION  # LLaVA-1.5's, which the shapes models learned
 
 #: Every quantization report produced in this process, newest last (read by ``mmq-eval run``).
 QUANT_REPORTS: list[dict] = []
 
 CALIB_BATCH_SIZE = 16
 DEFAULT_MAX_NEW_TOKENS = 32
+FALLBACK_CHAT = "USER: <image>\n{prompt} ASSISTANT:"
 
 
 def default_cache_dir() -> Path:
@@ -54,8 +59,6 @@ class MMQModel(lmms):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
-        from mmq_eval.quant import QUANT_ARG_KEYS, QuantSpec
-
         for key in kwargs:
             if key not in WRAPPER_KEYS and key not in QUANT_ARG_KEYS:
                 raise unknown_key_error(key, set(WRAPPER_KEYS) | set(QUANT_ARG_KEYS))
@@ -77,25 +80,54 @@ class MMQModel(lmms):
             self._device = self.args.torch_device()
         self._source = resolve_pretrained(self.args.pretrained)
         self._load(self._source)
+        self._family = family(type(self._model).__name__)
         self._fingerprint = checkpoint_fingerprint(self._source, self._model)
         self._full_precision_state: dict[str, torch.Tensor] | None = None
         self.quant_report = None
-        spec.validate_for(self._model)
+        plan = build_plan(self._model, spec)
         if not spec.is_noop:
-            self.apply_quant(spec, keep_full_precision=False)
+            self.apply_quant(spec, keep_full_precision=False, plan=plan)
 
     # ---- hooks for model families -------------------------------------------------------
     def _load(self, source: str) -> None:
         """Load ``self._model`` and ``self._processor`` from ``source``."""
         raise NotImplementedError
 
+    def _served_architecture(self, source: str) -> str:
+        """The checkpoint's transformers class if the registry names this wrapper for it; otherwise
+        MMQConfigError naming the ``mmq_*`` model that serves it."""
+        architecture = architecture_of(source)
+        paths = {f"{cls.__module__}.{cls.__name__}" for cls in type(self).__mro__}
+        served = [fam.arch for fam in FAMILIES.values() if fam.wrapper in paths]
+        if architecture in served:
+            return architecture
+        other = FAMILIES.get(architecture)
+        fix = (f"use --model {other.lmms_model} for it" if other else
+               f"no mmq_* model serves it (registered: {', '.join(sorted(FAMILIES))})")
+        raise MMQConfigError(f"pretrained={self.args.pretrained!r} is a {architecture}, not a checkpoint this "
+                             f"model serves ({', '.join(served)}); {fix}")
+
     def _format_prompt(self, context: str) -> str:
-        """Turn an lmms-eval context into the text the processor receives."""
-        raise NotImplementedError
+        """Turn an lmms-eval context into the text the processor receives, in the family's prompt
+        style: ``plain`` drops lmms-eval's ``<image>`` markers (the model places the image itself);
+        ``chat`` is the user turn of the processor's chat template with one image, then the
+        assistant cue (``FALLBACK_CHAT`` when the processor has no template)."""
+        text = context.replace("<image>", "").strip()
+        if self._family.prompt == "plain":
+            return text
+        if getattr(self._processor, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+            return self._processor.apply_chat_template(messages, add_generation_prompt=True)
+        return FALLBACK_CHAT.format(prompt=text)
 
     def _calibration_text(self, caption: str) -> str:
-        """The text of one calibration example (image + caption) as the model reads it."""
-        return self._format_prompt(caption)
+        """The text of one calibration example (image + caption) as the model reads it: the caption
+        itself (``caption``), or a captioning exchange (``caption_answer``: a caption instruction in
+        the prompt style, then the caption as the answer, so an LLM is calibrated on the tokens it
+        reads and writes)."""
+        if self._family.calibration == "caption":
+            return self._format_prompt(caption)
+        return f"{self._format_prompt(CAPTION_INSTRUCTION)} {caption}".rstrip()
 
     @property
     def _decoder_only(self) -> bool:
@@ -160,15 +192,14 @@ class MMQModel(lmms):
             batches.append(batch)
         return batches
 
-    def apply_quant(self, spec, keep_full_precision: bool = True):
+    def apply_quant(self, spec, keep_full_precision: bool = True, plan=None):
         """Quantize the loaded model with ``spec`` and return the QuantReport.
 
         With ``keep_full_precision`` the full-precision weights are kept (on the CPU) so that
         the next call starts again from them: sweeps evaluate many specs on one loaded model.
+        ``plan``: ``build_plan(self.model, spec)`` when the caller has it.
         """
-        from mmq_eval.quant import quantize_model
-
-        spec.validate_for(self._model)
+        plan = plan or build_plan(self._model, spec)
         if self._full_precision_state is not None:
             self._model.load_state_dict(self._full_precision_state)
         elif keep_full_precision:
@@ -183,7 +214,7 @@ class MMQModel(lmms):
             cache_dir = default_cache_dir() if self.args.quant_cache == "default" else Path(self.args.quant_cache)
         report = quantize_model(
             self._model, spec, calib, progress=self.rank == 0, cache_dir=cache_dir,
-            model_id=f"{self.args.pretrained}@{self._fingerprint}",
+            model_id=f"{self.args.pretrained}@{self._fingerprint}", plan=plan,
         )
         self.quant_report = report
         record = {"pretrained": self.args.pretrained, **report.to_dict()}

@@ -6,7 +6,7 @@ from transformers import Blip2ForConditionalGeneration, Blip2ForImageTextRetriev
 
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.models.base import MMQModel
-from mmq_eval.models.loading import architecture_of, load_model, load_processor
+from mmq_eval.models.loading import load_model, load_processor
 
 BLIP2_CLASSES = {
     "Blip2ForConditionalGeneration": Blip2ForConditionalGeneration,
@@ -26,12 +26,7 @@ class MMQBlip2(MMQModel):
     default_pretrained = "Salesforce/blip2-opt-2.7b"
 
     def _load(self, source: str) -> None:
-        architecture = architecture_of(source)
-        if architecture not in BLIP2_CLASSES:
-            raise MMQConfigError(
-                f"pretrained={self.args.pretrained!r} is a {architecture}, not a BLIP-2 checkpoint "
-                f"({', '.join(BLIP2_CLASSES)}); use mmq_llava for LLaVA checkpoints"
-            )
+        architecture = self._served_architecture(source)
         self._architecture = architecture
         self._processor = load_processor(source)
         self._model = load_model(
@@ -62,10 +57,6 @@ class MMQBlip2(MMQModel):
     @property
     def _decoder_only(self) -> bool:
         return bool(self._model.config.use_decoder_only_language_model)
-
-    def _format_prompt(self, context: str) -> str:
-        """BLIP-2 places the image itself; lmms-eval ``<image>`` markers are dropped."""
-        return context.replace("<image>", "").strip()
 
     def _generate_requests(self, requests):
         self._require_language_model(requests)

@@ -1,48 +1,41 @@
-"""Architecture maps: where each component's blocks and Linears live (transformers 5.x paths).
+"""Resolve a loaded model against the architecture registry: its components, blocks and Linears.
 
 A model resolves to an `ArchMap`: components in pipeline order (vit → qformer → projector → llm),
 each an ordered list of blocks grouped into *stacks* (runs of blocks one module's loop executes
 one after another — T5 has an encoder and a decoder stack), and every quantizable Linear with its
 component, block index and role (``attn``: self/cross-attention incl. fused qkv and output
 projection; ``mlp``: feed-forward; ``proj``: the projector's Linears, which have no blocks).
-Output heads (``lm_head``, ``itm_head``) are never quantized.
+Output heads (``lm_head``, ``itm_head``) are never quantized. What each family looks like is
+data in ``mmq_eval.quant.families``; nothing here names a family.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from mmq_eval.errors import MMQConfigError
+from mmq_eval.quant import families  # noqa: F401 - registers the built-in families
+from mmq_eval.quant.registry import BLOCK_KINDS, BlockKind, ByConfig, ComponentDef, Family, StackDef, family
 
-SUPPORTED_ARCHS = (
-    "Blip2ForConditionalGeneration",
-    "Blip2ForImageTextRetrieval",
-    "LlavaForConditionalGeneration",
-)
-
-_ATTN = re.compile(r"(^|\.)(self_attn|attention|crossattention|SelfAttention|EncDecAttention)\.")
-_MLP = re.compile(r"(^|\.)(mlp|fc1|fc2|intermediate|output|intermediate_query|output_query|DenseReluDense)(\.|$)")
+#: The block kind of a projector module run as a single "block" during calibration: no roles, no AWQ folds.
+PROJECTOR = BlockKind("projector", attn=(), mlp=())
 
 
 @dataclass(frozen=True)
 class Stack:
-    """Blocks that one loop runs in order; the output of block i is the input of block i+1.
-
-    carry: how a block's output becomes the next block's inputs ("hidden": the output replaces the
-      first argument; "t5": also carries the position biases T5's first block computes).
-    single_call: the first block runs once per model forward (so input capture may stop there).
-    mask_key: calibration-batch key of a (batch, tokens) padding mask aligned with the stack's
-      hidden states; padded tokens are left out of calibration statistics.
-    """
+    """Blocks that one loop runs in order; the output of block i is the input of block i+1."""
 
     blocks: tuple[str, ...]
-    kind: str
-    carry: str = "hidden"
+    kind: BlockKind
     single_call: bool = True
     mask_key: str | None = None
+    reach_hint: str = ""
+
+    @property
+    def carry(self) -> str:
+        return self.kind.carry
 
 
 @dataclass(frozen=True)
@@ -50,6 +43,7 @@ class Component:
     name: str
     stacks: tuple[Stack, ...]
     has_blocks: bool = True
+    unexportable: str = ""  # why a pack-quantized checkpoint cannot hold it (empty: it can)
 
     @property
     def blocks(self) -> tuple[str, ...]:
@@ -80,6 +74,7 @@ class ArchMap:
     excluded: tuple[str, ...]
     unused_blocks: dict = field(default_factory=dict)  # component -> block indices that cannot affect outputs
     notes: tuple[str, ...] = ()
+    family: Family | None = None
 
     def component(self, name: str) -> Component | None:
         return next((c for c in self.components if c.name == name), None)
@@ -102,15 +97,6 @@ def block_group(index: int, n_blocks: int) -> str:
     return "last"
 
 
-def linear_role(relative_name: str) -> str | None:
-    """attn / mlp from a Linear's name relative to its block; None if unrecognised."""
-    if _ATTN.search(relative_name):
-        return "attn"
-    if _MLP.search(relative_name):
-        return "mlp"
-    return None
-
-
 def _get(model: nn.Module, path: str) -> nn.Module | None:
     try:
         return model.get_submodule(path)
@@ -118,122 +104,99 @@ def _get(model: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
-def _list_path(model: nn.Module, candidates: tuple[str, ...]) -> str:
-    for path in candidates:
-        if isinstance(_get(model, path), nn.ModuleList):
-            return path
-    raise MMQConfigError(
-        f"{type(model).__name__}: none of the expected block lists {candidates} exists "
-        "(transformers layout changed?)"
-    )
+def _config_value(model: nn.Module, key: str):
+    value = model.config
+    for part in key.split("."):
+        value = getattr(value, part, None)
+    return value
 
 
-def _stack(model: nn.Module, candidates: tuple[str, ...], kind: str, **kw) -> Stack:
-    path = _list_path(model, candidates)
+def _choose(model: nn.Module, fam: Family, comp: ComponentDef | ByConfig) -> ComponentDef:
+    if isinstance(comp, ComponentDef):
+        return comp
+    value = _config_value(model, comp.key)
+    if value not in comp.options:
+        raise MMQConfigError(
+            f"{fam.arch} with a {value!r} {comp.what} ({comp.key}) is not supported; supported: "
+            f"{', '.join(comp.options)} (add an option to its registry entry)"
+        )
+    return comp.options[value]
+
+
+def _stack(model: nn.Module, fam: Family, sd: StackDef) -> Stack:
+    path = next((p for p in sd.paths if isinstance(_get(model, p), nn.ModuleList)), None)
+    if path is None:
+        raise MMQConfigError(
+            f"{fam.arch}: none of the registry's block lists {list(sd.paths)} exists in the loaded model "
+            "(transformers layout changed? fix the family's entry in mmq_eval/quant/families.py)"
+        )
     n = len(model.get_submodule(path))
-    return Stack(blocks=tuple(f"{path}.{i}" for i in range(n)), kind=kind, **kw)
+    return Stack(tuple(f"{path}.{i}" for i in range(n)), BLOCK_KINDS[sd.kind], sd.single_call, sd.mask_key,
+                 sd.reach_hint)
 
 
-def _blip2_components(model: nn.Module) -> list[Component]:
-    vit = Component("vit", (_stack(model, ("vision_model.encoder.layers",), "blip2_vit"),))
-    single = type(model).__name__ != "Blip2ForImageTextRetrieval"  # ITC runs the Q-Former twice
-    qformer = Component(
-        "qformer", (_stack(model, ("qformer.encoder.layer",), "qformer", single_call=single),)
-    )
-    return [vit, qformer]
+def _component(model: nn.Module, fam: Family, cd: ComponentDef) -> Component:
+    if cd.stacks:
+        return Component(cd.name, tuple(_stack(model, fam, sd) for sd in cd.stacks), unexportable=cd.unexportable)
+    missing = [p for p in cd.modules if _get(model, p) is None]
+    if missing:
+        raise MMQConfigError(f"{fam.arch}: {cd.name} module {missing[0]} named by the registry is not in the "
+                             "loaded model (fix the family's entry in mmq_eval/quant/families.py)")
+    return Component(cd.name, tuple(Stack((p,), PROJECTOR) for p in cd.modules), has_blocks=False,
+                     unexportable=cd.unexportable)
 
 
-def _blip2_llm(model: nn.Module) -> Component:
-    lm = model.language_model
-    if lm.config.model_type == "opt":
-        return Component("llm", (_stack(model, ("language_model.model.decoder.layers",), "opt",
-                                        mask_key="attention_mask"),))
-    if lm.config.model_type == "t5":
-        enc = _stack(model, ("language_model.encoder.block",), "t5", carry="t5", mask_key="attention_mask")
-        dec = _stack(model, ("language_model.decoder.block",), "t5", carry="t5",
-                     mask_key="decoder_attention_mask")
-        return Component("llm", (enc, dec))
-    raise MMQConfigError(
-        f"{type(model).__name__} with a {lm.config.model_type!r} language model is not supported; "
-        "supported BLIP-2 language models: opt, t5"
-    )
-
-
-def _single(path: str, kind: str = "projector") -> Stack:
-    return Stack(blocks=(path,), kind=kind)
-
-
-def _build_blip2(model: nn.Module) -> tuple[list[Component], tuple[str, ...], dict, tuple[str, ...]]:
-    comps = _blip2_components(model)
-    if type(model).__name__ == "Blip2ForImageTextRetrieval":
-        comps.append(Component("projector", (_single("vision_projection"), _single("text_projection")),
-                               has_blocks=False))
-        return comps, ("itm_head",), {}, ()
-    comps.append(Component("projector", (_single("language_projection"),), has_blocks=False))
-    comps.append(_blip2_llm(model))
-    return comps, ("language_model.lm_head",), {}, ()
-
-
-def _build_llava(model: nn.Module):
-    cfg = model.config
-    vit = _stack(model, ("model.vision_tower.encoder.layers", "model.vision_tower.vision_model.encoder.layers",
-                         "vision_tower.vision_model.encoder.layers"), "clip")
-    llm = _stack(model, ("model.language_model.layers", "language_model.model.layers"), "llama",
-                 mask_key="attention_mask")
-    proj_path = "model.multi_modal_projector" if _get(model, "model.multi_modal_projector") else "multi_modal_projector"
-    comps = [
-        Component("vit", (vit,)),
-        Component("projector", (_single(proj_path),), has_blocks=False),
-        Component("llm", (llm,)),
-    ]
-    unused = _unused_vit_blocks(cfg.vision_feature_layer, len(vit.blocks))
-    note = (f"vision_feature_layer={cfg.vision_feature_layer}: LLaVA reads image features before "
-            f"ViT block(s) {list(unused)} of {len(vit.blocks)}: they are unused and do not affect "
-            "outputs; quantizing them changes nothing (still counted in bits per weight)")
-    notes = (note,) if unused else ()
-    return comps, ("lm_head",), {"vit": unused} if unused else {}, notes
-
-
-def _unused_vit_blocks(feature_layer: int | list[int], n_blocks: int) -> tuple[int, ...]:
-    """ViT blocks after the deepest hidden state LLaVA takes (hidden state k = output of block k-1)."""
+def _unused_blocks(feature_layer: int | list[int], n_blocks: int) -> tuple[int, ...]:
+    """Blocks after the deepest hidden state read (hidden state k = output of block k-1)."""
     layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
     deepest = max(k if k >= 0 else n_blocks + 1 + k for k in layers)
     return tuple(range(deepest, n_blocks))
 
 
-def resolve_arch(model: nn.Module) -> ArchMap:
-    """Map a supported model to its components, blocks and Linears; MMQConfigError otherwise."""
-    arch = type(model).__name__
-    if arch in ("Blip2ForConditionalGeneration", "Blip2ForImageTextRetrieval"):
-        comps, excluded, unused, notes = _build_blip2(model)
-    elif arch == "LlavaForConditionalGeneration":
-        comps, excluded, unused, notes = _build_llava(model)
-    else:
-        raise MMQConfigError(
-            f"quantization does not support {arch}; supported architectures: {', '.join(SUPPORTED_ARCHS)}"
-        )
-    linears = []
-    for comp in comps:
-        for bi, block_path in enumerate(comp.blocks):
-            block = model.get_submodule(block_path)
-            if isinstance(block, nn.Linear):
-                linears.append(LinearInfo(block_path, comp.name, None, block_path, "proj",
-                                          block.in_features, block.out_features))
+def _linears(model: nn.Module, fam: Family, comp: Component, stack: Stack) -> list[LinearInfo]:
+    out = []
+    offset = comp.blocks.index(stack.blocks[0])
+    for bi, block_path in enumerate(stack.blocks, start=offset):
+        block = model.get_submodule(block_path)
+        if isinstance(block, nn.Linear):
+            out.append(LinearInfo(block_path, comp.name, None, block_path, "proj",
+                                  block.in_features, block.out_features))
+            continue
+        for rel, mod in block.named_modules():
+            if not isinstance(mod, nn.Linear):
                 continue
-            for rel, mod in block.named_modules():
-                if not isinstance(mod, nn.Linear):
-                    continue
-                name = f"{block_path}.{rel}"
-                if comp.has_blocks:
-                    role = linear_role(rel)
-                    if role is None:
-                        raise MMQConfigError(f"{arch}: cannot tell whether {name} is attention or MLP")
-                    linears.append(LinearInfo(name, comp.name, bi, block_path, role,
-                                              mod.in_features, mod.out_features))
-                else:
-                    linears.append(LinearInfo(name, comp.name, None, block_path, "proj",
-                                              mod.in_features, mod.out_features))
-    mapped = {li.name for li in linears} | set(excluded)
+            name = f"{block_path}.{rel}"
+            if not comp.has_blocks:
+                out.append(LinearInfo(name, comp.name, None, block_path, "proj", mod.in_features, mod.out_features))
+                continue
+            role = stack.kind.role(rel)
+            if role is None:
+                raise MMQConfigError(
+                    f"{fam.arch}: {name} is neither attention nor MLP in block kind {stack.kind.name!r} "
+                    f"(attn prefixes {list(stack.kind.attn)}, mlp prefixes {list(stack.kind.mlp)}): "
+                    "add its path to the block kind in mmq_eval/quant/families.py"
+                )
+            out.append(LinearInfo(name, comp.name, bi, block_path, role, mod.in_features, mod.out_features))
+    return out
+
+
+def resolve_arch(model: nn.Module) -> ArchMap:
+    """Map a registered model to its components, blocks and Linears; MMQConfigError otherwise."""
+    fam = family(type(model).__name__)
+    comps = [_component(model, fam, _choose(model, fam, c)) for c in fam.components]
+    linears = [li for comp in comps for stack in comp.stacks for li in _linears(model, fam, comp, stack)]
+    unused, notes = {}, []
+    if fam.feature_layer is not None:
+        comp_name, key = fam.feature_layer
+        n = len(next(c for c in comps if c.name == comp_name).blocks)
+        feature_layer = _config_value(model, key)
+        idle = _unused_blocks(feature_layer, n)
+        if idle:
+            unused[comp_name] = idle
+            notes.append(f"{key}={feature_layer}: {fam.arch} reads image features before {comp_name} "
+                         f"block(s) {list(idle)} of {n}: they are unused and do not affect outputs; "
+                         "quantizing them changes nothing (still counted in bits per weight)")
+    mapped = {li.name for li in linears} | set(fam.excluded)
     unmapped = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in mapped]
-    notes = tuple(notes) + tuple(f"{n}: outside every component, never quantized" for n in unmapped)
-    return ArchMap(arch, tuple(comps), tuple(linears), tuple(excluded), unused, notes)
+    notes += [f"{n}: outside every component, never quantized" for n in unmapped]
+    return ArchMap(fam.arch, tuple(comps), tuple(linears), fam.excluded, unused, tuple(notes), fam)

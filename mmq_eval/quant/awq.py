@@ -2,7 +2,8 @@
 
 For a group of Linears that read the same input, a scale s per input channel multiplies their
 weight columns and divides the input; the division is folded into the op that produces the input,
-so the model computes the same function before rounding. We fold only where that is exact:
+so the model computes the same function before rounding. Where scales may fold is declared per
+block kind in the architecture registry (``ScaleMapping``), and only exact folds can be declared:
 
 - a pre-norm LayerNorm/RMSNorm → the Linears it feeds (norm weight *and bias* divided by s);
 - v → output projection (v's rows and bias divided by s; for a fused qkv only the v rows);
@@ -12,93 +13,106 @@ so the model computes the same function before rounding. We fold only where that
 Never across GELU/SiLU activations or post-norm residual streams; those Linears get only the clip
 search, and the report says so. s = x_meanᵅ / w_meanᵅ⁻¹ (normalised), α on a 20-point grid in [0, 1)
 plus the identity, chosen by the group's output MSE on calibration inputs.
+
+Shaped like ``gptq``: `AWQStats` gathers a block's statistics, `quantize_block` searches and folds
+the scales (`search_scale` returns the scale, `fold_scale` applies it), then searches clip values
+and rounds each Linear, returning its codes, scales and zero points.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from mmq_eval.quant.formats import fake_quantize, qparams_from_range, quantize_codes
-from mmq_eval.quant.plan import LayerFormat
+from mmq_eval.errors import MMQConfigError
+from mmq_eval.quant.block import BlockResult, relative
+from mmq_eval.quant.formats import (
+    LayerFormat,
+    QuantizedWeight,
+    fake_quantize,
+    qparams_from_range,
+    quantize_codes,
+    rtn_quantize,
+)
+from mmq_eval.quant.gptq import relative_output_error
+from mmq_eval.quant.registry import ACTIVATION, NORM, BlockKind, ScaleMapping
 
 SCALE_GRID = 20
 CLIP_GRID = 20
 CLIP_MAX_SHRINK = 0.5
 SCALE_TOKENS = 4096
 CLIP_TOKENS = 512
-_QK_NAMES = {"q_proj", "k_proj", "q", "k", "query", "key", "qkv"}
+#: Activations through which a scale folds exactly (positively homogeneous: f(x/s) = f(x)/s for s > 0).
+HOMOGENEOUS = (nn.ReLU, nn.Identity)
 
 
-@dataclass(frozen=True)
-class ScaleGroup:
-    """Linears (paths relative to the block) whose common input is produced by `prev`."""
+class AWQStats:
+    """The statistics AWQ gathers for one block: per targeted Linear, the mean |x| of each input
+    channel over all calibration tokens and up to SCALE_TOKENS input rows (evenly subsampled per call)."""
 
-    prev: str
-    prev_kind: str  # norm | linear | qkv_v
-    linears: tuple[str, ...]
+    def __init__(self, modules: dict[str, nn.Linear], n_samples: int):
+        self.cap = rows_per_call(SCALE_TOKENS, n_samples)
+        self.abs_sum: dict[str, Tensor] = {}
+        self.count: dict[str, int] = {}
+        self.rows: dict[str, list] = {n: [] for n in modules}
+
+    def add(self, name: str, x: Tensor) -> None:
+        x = x.float()
+        self.abs_sum[name] = self.abs_sum.get(name, 0) + x.abs().sum(0)
+        self.count[name] = self.count.get(name, 0) + x.shape[0]
+        if x.shape[0] > self.cap:
+            x = x[torch.linspace(0, x.shape[0] - 1, self.cap, device=x.device).long()]
+        self.rows[name].append(x)
+
+    def inputs(self) -> dict[str, Tensor]:
+        """Recorded input rows of each Linear the calibration reached."""
+        return {n: torch.cat(r)[:SCALE_TOKENS] for n, r in self.rows.items() if r}
+
+    def x_mean(self, name: str) -> Tensor:
+        return self.abs_sum[name] / self.count[name]
 
 
-def _has(block: nn.Module, path: str) -> bool:
+def _module(block: nn.Module, path: str) -> nn.Module | None:
     try:
-        block.get_submodule(path)
-        return True
+        return block.get_submodule(path)
     except AttributeError:
-        return False
+        return None
 
 
-def scale_groups(kind: str, block: nn.Module) -> list[ScaleGroup]:
-    """The exactly foldable scale groups of one block of the given kind (see module docstring)."""
-    G = ScaleGroup
-    if kind == "blip2_vit":
-        return [G("layer_norm1", "norm", ("self_attn.qkv",)),
-                G("self_attn.qkv", "qkv_v", ("self_attn.projection",)),
-                G("layer_norm2", "norm", ("mlp.fc1",))]
-    if kind == "qformer":
-        groups = [G("attention.attention.value", "linear", ("attention.output.dense",))]
-        if _has(block, "crossattention"):
-            groups.append(G("crossattention.attention.value", "linear", ("crossattention.output.dense",)))
-        return groups
-    if kind == "opt":
-        groups = [G("self_attn.v_proj", "linear", ("self_attn.out_proj",))]
-        if block.do_layer_norm_before:
-            groups += [G("self_attn_layer_norm", "norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-                       G("final_layer_norm", "norm", ("fc1",))]
-        if isinstance(block.activation_fn, nn.ReLU):
-            groups.append(G("fc1", "linear", ("fc2",)))
-        return groups
-    if kind == "t5":
-        a = "layer.0.SelfAttention"
-        groups = [G("layer.0.layer_norm", "norm", (f"{a}.q", f"{a}.k", f"{a}.v")), G(f"{a}.v", "linear", (f"{a}.o",))]
-        if block.is_decoder:
-            c = "layer.1.EncDecAttention"
-            groups += [G("layer.1.layer_norm", "norm", (f"{c}.q",)), G(f"{c}.v", "linear", (f"{c}.o",))]
-        ff = f"layer.{len(block.layer) - 1}"
-        d = f"{ff}.DenseReluDense"
-        if _has(block, f"{d}.wi_0"):
-            groups += [G(f"{ff}.layer_norm", "norm", (f"{d}.wi_0", f"{d}.wi_1")), G(f"{d}.wi_1", "linear", (f"{d}.wo",))]
-        else:
-            groups.append(G(f"{ff}.layer_norm", "norm", (f"{d}.wi",)))
-            if isinstance(block.get_submodule(d).act, nn.ReLU):
-                groups.append(G(f"{d}.wi", "linear", (f"{d}.wo",)))
-        return groups
-    if kind == "clip":
-        a = "self_attn"
-        return [G("layer_norm1", "norm", (f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj")),
-                G(f"{a}.v_proj", "linear", (f"{a}.out_proj",)),
-                G("layer_norm2", "norm", ("mlp.fc1",))]
-    if kind == "llama":
-        a, m = "self_attn", "mlp"
-        groups = [G("input_layernorm", "norm", (f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj")),
-                  G("post_attention_layernorm", "norm", (f"{m}.gate_proj", f"{m}.up_proj")),
-                  G(f"{m}.up_proj", "linear", (f"{m}.down_proj",))]
-        if block.get_submodule(f"{a}.v_proj").out_features == block.get_submodule(f"{a}.o_proj").in_features:
-            groups.append(G(f"{a}.v_proj", "linear", (f"{a}.o_proj",)))
-        return groups
-    return []  # projector: no exact fold
+def _out_rows(prev: nn.Module, mapping: ScaleMapping) -> int:
+    if mapping.via == NORM:
+        return prev.weight.numel()
+    return prev.out_features // 3 if mapping.rows == "v_of_qkv" else prev.out_features
+
+
+def applicable_mappings(block: nn.Module, kind: BlockKind) -> list[ScaleMapping]:
+    """The block kind's mappings that fold exactly in this block, in search order.
+
+    Skipped: optional mappings whose modules this block lacks, mappings whose `requires`
+    attribute is false, activations that are not positively homogeneous, and widths that do not
+    match (grouped-query attention's value heads). A required module that is missing means the
+    registry entry does not describe the model: MMQConfigError.
+    """
+    out = []
+    for m in kind.awq:
+        paths = (m.prev, *m.linears) + ((m.activation,) if m.activation else ())
+        missing = [p for p in paths if _module(block, p) is None]
+        if missing:
+            if m.optional:
+                continue
+            raise MMQConfigError(f"block kind {kind.name}: AWQ mapping module {missing[0]!r} is not in "
+                                 f"{type(block).__name__} (fix the block kind in mmq_eval/quant/families.py)")
+        if m.requires and not getattr(block, m.requires, False):
+            continue
+        if m.via == ACTIVATION and not isinstance(block.get_submodule(m.activation), HOMOGENEOUS):
+            continue
+        width = _out_rows(block.get_submodule(m.prev), m)
+        if any(block.get_submodule(r).in_features != width for r in m.linears):
+            continue
+        out.append(m)
+    return out
 
 
 def _w_mean(W: Tensor, group_size: int) -> Tensor:
@@ -134,34 +148,30 @@ def search_scale(weights: list[Tensor], X: Tensor, x_mean: Tensor, fmt: LayerFor
     return best
 
 
-def fold_scale(block: nn.Module, group: ScaleGroup, s: Tensor) -> list[str]:
-    """Fold s into the group (exact before rounding); returns the relative names of changed parameters."""
-    prev = block.get_submodule(group.prev)
+@torch.no_grad()
+def fold_scale(block: nn.Module, mapping: ScaleMapping, s: Tensor) -> list[str]:
+    """Fold s into the mapping (exact before rounding); returns the relative names of changed parameters."""
+    prev = block.get_submodule(mapping.prev)
     changed = []
     sv = s.to(prev.weight.dtype)
-    if group.prev_kind == "norm":
+    if mapping.via == NORM:
         prev.weight.div_(sv)
-        changed.append(f"{group.prev}.weight")
+        changed.append(f"{mapping.prev}.weight")
         if getattr(prev, "bias", None) is not None:
             prev.bias.div_(sv)
-            changed.append(f"{group.prev}.bias")
+            changed.append(f"{mapping.prev}.bias")
     else:
-        rows = slice(None) if group.prev_kind == "linear" else slice(2 * s.numel(), 3 * s.numel())
+        rows = slice(None) if mapping.rows == "all" else slice(2 * s.numel(), 3 * s.numel())
         prev.weight[rows].div_(sv[:, None])
-        changed.append(f"{group.prev}.weight")
+        changed.append(f"{mapping.prev}.weight")
         if prev.bias is not None:
             prev.bias[rows].div_(sv)
-            changed.append(f"{group.prev}.bias")
-    for name in group.linears:
+            changed.append(f"{mapping.prev}.bias")
+    for name in mapping.linears:
         lin = block.get_submodule(name)
         lin.weight.mul_(s.to(lin.weight.dtype)[None, :])
         changed.append(f"{name}.weight")
     return changed
-
-
-def clip_eligible(relative_name: str) -> bool:
-    """AWQ skips the clip search for query/key projections (their error is seen only through qᵀk)."""
-    return relative_name.rsplit(".", 1)[-1] not in _QK_NAMES
 
 
 @torch.no_grad()
@@ -191,23 +201,73 @@ def search_clip(W: Tensor, X: Tensor, fmt: LayerFormat) -> Tensor:
     return best_max
 
 
-def _clipped_quant(Wg: Tensor, max_val: Tensor, fmt: LayerFormat) -> Tensor:
-    """Quantize–dequantize grouped weights (r, G, gs) after clamping each group to ±max_val."""
+def _clipped_codes(Wg: Tensor, max_val: Tensor, fmt: LayerFormat) -> tuple[Tensor, Tensor, Tensor]:
+    """(codes, scale, zero) of grouped weights (r, G, gs) after clamping each group to ±max_val;
+    scale and zero are (r, G, 1)."""
     m = max_val.unsqueeze(-1)
     Wc = torch.maximum(torch.minimum(Wg, m), -m)
     scale, zero = qparams_from_range(Wc.amin(-1).clamp(max=0), Wc.amax(-1).clamp(min=0), fmt.bits, fmt.sym)
     scale, zero = scale.unsqueeze(-1), zero.unsqueeze(-1)
-    return scale * (quantize_codes(Wc, scale, zero, 2**fmt.bits - 1) - zero)
+    return quantize_codes(Wc, scale, zero, 2**fmt.bits - 1), scale, zero
 
 
-def quantize_with_clip(W: Tensor, max_val: Tensor | None, fmt: LayerFormat) -> Tensor:
-    """Final AWQ weights (float32): clamp each group to its clip value, then min–max RTN."""
-    if max_val is None:
-        return _quant(W.float(), fmt)
+def _clipped_quant(Wg: Tensor, max_val: Tensor, fmt: LayerFormat) -> Tensor:
+    """Quantize–dequantize grouped weights (r, G, gs) after clamping each group to ±max_val."""
+    codes, scale, zero = _clipped_codes(Wg, max_val, fmt)
+    return scale * (codes - zero)
+
+
+def quantize_with_clip(W: Tensor, max_val: Tensor | None, fmt: LayerFormat) -> QuantizedWeight:
+    """Final AWQ weights (float32): clamp each group to its clip value (if any), then min–max RTN."""
     rows, cols = W.shape
     gs = fmt.group_size or cols
-    return _clipped_quant(W.float().reshape(rows, cols // gs, gs), max_val, fmt).reshape(rows, cols)
+    if max_val is None:
+        return rtn_quantize(W.float(), fmt.bits, gs, fmt.sym)
+    codes, scale, zero = _clipped_codes(W.float().reshape(rows, cols // gs, gs), max_val, fmt)
+    q = QuantizedWeight(codes.reshape(rows, cols).to(torch.uint8), scale.squeeze(-1), zero.squeeze(-1), gs,
+                        fmt.bits, fmt.sym)
+    q.weight = (scale * (codes - zero)).reshape(rows, cols)
+    return q
 
 
 def rows_per_call(total_tokens: int, calls: int) -> int:
     return max(1, math.ceil(total_tokens / max(1, calls)))
+
+
+def quantize_block(block: nn.Module, block_path: str, kind: BlockKind, targets: dict[str, LayerFormat],
+                   stats: AWQStats, spec=None) -> BlockResult:
+    """AWQ one block: per applicable mapping whose Linears (and preceding Linear) are all targeted,
+    search a scale and fold it; then per targeted Linear, search clip values (not for query/key
+    projections) and round to nearest."""
+    result = BlockResult()
+    X = stats.inputs()
+    rel = {n: relative(n, block_path) for n in targets}
+    full = {r: n for n, r in rel.items()}
+    scaled: set[str] = set()
+    for m in applicable_mappings(block, kind):
+        members = set(m.linears) | ({m.prev} if m.via != NORM else set())
+        first = full.get(m.linears[0])
+        if not members <= set(full) or first not in X:
+            continue
+        s = search_scale([block.get_submodule(r).weight for r in m.linears], X[first], stats.x_mean(first),
+                         targets[first])
+        if s is None:
+            continue
+        result.changed += [f"{block_path}.{c}" for c in fold_scale(block, m, s)]
+        for r in m.linears:
+            X[full[r]] = X[full[r]] / s
+            scaled.add(r)
+    for name, fmt in targets.items():
+        if name not in X:
+            result.unseen.append(name)
+            continue
+        r = rel[name]
+        if r not in scaled:
+            result.unscaled.append(name)
+        W = block.get_submodule(r).weight.detach()
+        clip = search_clip(W, X[name], fmt) if r not in kind.qk else None
+        q = quantize_with_clip(W, clip, fmt)
+        H = X[name].t() @ X[name]
+        result.quantized[name] = (q, {"output_rel_err": relative_output_error(W, q.weight, H),
+                                      "awq_scaled": r in scaled, "awq_clipped": clip is not None})
+    return result

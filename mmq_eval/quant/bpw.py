@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from mmq_eval.quant.arch import block_group
-from mmq_eval.quant.plan import LayerFormat, QuantPlan
+from mmq_eval.quant.formats import LayerFormat
+from mmq_eval.quant.plan import QuantPlan
 
 FULL_BITS = 16
 

@@ -1,7 +1,8 @@
 """On-disk cache of quantized weights: safetensors + JSON only (nothing is ever unpickled).
 
-Every entry is a folder holding ``weights.safetensors`` (the parameters quantization changed) and
-``report.json``. Keys hash the model id and a fingerprint of the targeted full-precision weights
+Every entry is a folder holding ``weights.safetensors`` (the parameters quantization changed),
+``codes.safetensors`` (each quantized Linear's integer codes, scales and zero points, which export
+packs) and ``report.json``. Keys hash the model id and a fingerprint of the targeted full-precision weights
 (so another checkpoint under the same id misses), plus:
 
 - uniform, rtn: ``<cache_dir>/<key>/``, the whole model; the key adds the canonical spec.
@@ -26,9 +27,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mmq_eval.quant.spec import QuantSpec
+from mmq_eval.quant.formats import QuantizedWeight
+from mmq_eval.quant.spec import SELECTION_SETTINGS, QuantSpec
 
-CACHE_FORMAT = 3  # 2: reports carry unused-block coverage and `effective`; 3: gptq/awq per component
+CACHE_FORMAT = 4  # 2: unused-block coverage and `effective`; 3: gptq/awq per component; 4: integer codes
 
 
 def _hash_tensor(h, t: torch.Tensor) -> None:
@@ -72,9 +74,6 @@ def cache_key(model_id: str, spec: QuantSpec, weights_fp: str) -> str:
     return _hash({"format": CACHE_FORMAT, "model_id": model_id, "spec": spec.to_dict(), "weights": weights_fp})
 
 
-_PER_LAYER = ("bits", "layer_group", "layer_type")  # spec keys whose effect the layer formats carry
-
-
 def component_key(model_id: str, spec: QuantSpec, formats: dict[str, list], weights_fp: str,
                   batches_fp: str) -> str:
     """Key of one component's calibrated quantization given the components before it.
@@ -86,7 +85,7 @@ def component_key(model_id: str, spec: QuantSpec, formats: dict[str, list], weig
     the bits of later components do not change the key.
     """
     method = {k: v for k, v in spec.to_dict().items()
-              if not any(k == s or k.endswith(f"_{s}") for s in _PER_LAYER)}
+              if not any(k == s or k.endswith(f"_{s}") for s in SELECTION_SETTINGS)}
     calibration = {"seed": spec.calib_seed, "samples": spec.calib_samples, "split": spec.calib_split,
                    "batches": batches_fp}
     return _hash({"format": CACHE_FORMAT, "kind": "component", "model_id": model_id, "method": method,
@@ -100,10 +99,10 @@ class QuantCache:
         self.dir = Path(cache_dir) / key
 
     def exists(self) -> bool:
-        return (self.dir / "weights.safetensors").is_file() and (self.dir / "report.json").is_file()
+        return all((self.dir / f).is_file() for f in ("weights.safetensors", "codes.safetensors", "report.json"))
 
-    def load(self, model: nn.Module) -> dict:
-        """Copy the cached parameters into `model`; return the stored record."""
+    def load(self, model: nn.Module) -> tuple[dict, dict[str, QuantizedWeight]]:
+        """Copy the cached parameters into `model`; return the stored record and quantized weights."""
         tensors = load_file(str(self.dir / "weights.safetensors"))
         params = dict(model.named_parameters())
         missing = [n for n in tensors if n not in params or params[n].shape != tensors[n].shape]
@@ -112,17 +111,29 @@ class QuantCache:
         with torch.no_grad():
             for name, t in tensors.items():
                 params[name].copy_(t.to(params[name].device, params[name].dtype))
-        return json.loads((self.dir / "report.json").read_text())
+        stored = json.loads((self.dir / "report.json").read_text())
+        codes = load_file(str(self.dir / "codes.safetensors"))
+        qweights = {name: QuantizedWeight(codes[f"{name}.codes"], codes[f"{name}.scale"], codes[f"{name}.zero"],
+                                          fmt["group_size"], fmt["bits"], fmt["sym"], codes.get(f"{name}.g_idx"))
+                    for name, fmt in stored["qweights"].items()}
+        return stored["record"], qweights
 
-    def save(self, model: nn.Module, changed: list[str], record: dict) -> None:
-        """Write the parameters ``changed`` and ``record`` atomically (temporary folder, then rename)."""
+    def save(self, model: nn.Module, changed: list[str], record: dict, qweights: dict[str, QuantizedWeight]) -> None:
+        """Write the parameters ``changed``, the quantized weights' codes and ``record`` atomically
+        (temporary folder, then rename)."""
         params = dict(model.named_parameters())
         tensors = {n: params[n].detach().cpu().contiguous() for n in changed}
+        codes, formats = {}, {}
+        for name, q in qweights.items():
+            parts = {"codes": q.codes, "scale": q.scale, "zero": q.zero, "g_idx": q.g_idx}
+            codes.update({f"{name}.{k}": t.detach().cpu().contiguous() for k, t in parts.items() if t is not None})
+            formats[name] = {"group_size": q.group_size, "bits": q.bits, "sym": q.sym}
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=".tmp-"))
         try:
             save_file(tensors, str(tmp / "weights.safetensors"))
-            (tmp / "report.json").write_text(json.dumps(record, indent=1))
+            save_file(codes, str(tmp / "codes.safetensors"))
+            (tmp / "report.json").write_text(json.dumps({"record": record, "qweights": formats}, indent=1))
             if self.dir.exists():
                 shutil.rmtree(self.dir)
             tmp.rename(self.dir)

@@ -38,7 +38,7 @@ def caching_disabled(model: nn.Module):
     saved = []
     for mod in model.modules():
         cfg = getattr(mod, "config", None)
-        configs = [cfg] + [getattr(cfg, k, None) for k in ("text_config", "vision_config", "qformer_config")]
+        configs = [cfg] + [getattr(cfg, k, None) for k in getattr(cfg, "sub_configs", None) or ()]
         for c in configs:
             if c is not None and getattr(c, "use_cache", None) is True and all(c is not s[0] for s in saved):
                 saved.append((c, True))
@@ -125,9 +125,10 @@ def check_reached(model: nn.Module, stacks: list[Stack], batch: dict) -> None:
 
 
 def _never_run(stack: Stack, why: str) -> MMQConfigError:
+    hint = f" ({stack.reach_hint})" if stack.reach_hint else ""
     return MMQConfigError(
-        f"the calibration batches never run {stack.blocks[0]}{why}: give calibration inputs that use it "
-        "(a T5 language model needs decoder_input_ids or labels) or leave it unquantized"
+        f"the calibration batches never run {stack.blocks[0]}{why}: give calibration inputs that use it"
+        f"{hint} or leave it unquantized"
     )
 
 

@@ -1,10 +1,13 @@
 """quantize_model: apply a QuantSpec to a model in place (fake quantization) and report what it did.
 
-uniform / rtn quantize each targeted Linear from its weights alone. gptq / awq calibrate
-layer-sequentially: for each component in pipeline order, for each stack of blocks, one forward of
-the partly quantized model captures the first block's inputs; then per block the targeted Linears'
-statistics are gathered from one forward of the block, the block is quantized, and the quantized
-block runs once to produce the next block's inputs.
+Data-free methods (uniform, rtn) quantize each targeted Linear from its weights alone. Calibrated
+methods (gptq, awq) run layer-sequentially, this module only orchestrating: for each component in
+pipeline order, for each stack of blocks, one forward of the partly quantized model captures the
+first block's inputs; then per block the method's statistics gather the targeted Linears' inputs
+from one forward of the block (collect), the method quantizes the block (quantize), and the
+quantized block runs once to produce the next block's inputs (propagate). What each method does
+is in ``mmq_eval.quant.methods``; every quantized Linear's integer codes, scales and zero points
+are kept on the report (``QuantReport.qweights``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmq_eval.errors import MMQConfigError
-from mmq_eval.quant import awq as awq_mod
+from mmq_eval.quant.block import BlockResult
 from mmq_eval.quant.bpw import bits_per_weight, coverage, coverage_dicts
 from mmq_eval.quant.cache import QuantCache, batches_fingerprint, cache_key, component_key, weights_fingerprint
 from mmq_eval.quant.calibration import (
@@ -31,13 +33,16 @@ from mmq_eval.quant.calibration import (
     check_reached,
     run_block,
 )
-from mmq_eval.quant.formats import fake_quantize
-from mmq_eval.quant.gptq import HessianAccumulator, gptq_quantize, relative_output_error
-from mmq_eval.quant.plan import QuantPlan
+from mmq_eval.quant.formats import QuantizedWeight, quantize_weight
+from mmq_eval.quant.methods import METHOD_TABLE
+from mmq_eval.quant.plan import QuantPlan, build_plan
 from mmq_eval.quant.report import LayerRecord, QuantReport
 from mmq_eval.quant.spec import QuantSpec
+from mmq_eval.quant.threads import one_cpu_thread
 
 logger = logging.getLogger(__name__)
+
+SMALL_LAYER = 1 << 20  # weights; below this, CPU thread hand-offs cost more than they save
 
 
 def _rel_err(W: torch.Tensor, Q: torch.Tensor) -> float:
@@ -47,26 +52,30 @@ def _rel_err(W: torch.Tensor, Q: torch.Tensor) -> float:
 
 
 class _Run:
-    """State of one quantize_model call: records, notes, changed parameter names."""
+    """State of one quantize_model call: records, codes, notes, changed parameter names."""
 
     def __init__(self, model: nn.Module, plan: QuantPlan, progress: bool,
                  component_cache: tuple[str, str] | None = None):
         self.model, self.plan, self.spec, self.progress = model, plan, plan.spec, progress
+        self.method = METHOD_TABLE[plan.spec.method]
         self.component_cache = component_cache  # (cache dir, model id): reuse calibrated components
         self.reused: list[str] = []  # components loaded from the component cache
         self.calibrated: list[str] = []  # components calibrated in this run
         self.records: dict[str, LayerRecord] = {}
+        self.qweights: dict[str, QuantizedWeight] = {}
         self.notes: list[str] = list(plan.notes)
         self.changed: list[str] = []
         self.awq_unscaled: dict[tuple[str, str], int] = {}  # (component, Linear in block) -> blocks
 
-    def set_weight(self, name: str, Q: torch.Tensor, **extra) -> None:
+    def set_weight(self, name: str, q: QuantizedWeight, **extra) -> None:
+        """Load `q`'s dequantized weight into the Linear `name`; keep its codes and a record."""
         lin = self.model.get_submodule(name)
         W = lin.weight.detach()
         fmt, li = self.plan.targets[name], self.plan.info(name)
-        err = _rel_err(W, Q)
+        err = _rel_err(W, q.weight)
         with torch.no_grad():
-            lin.weight.copy_(Q.to(W.dtype))
+            lin.weight.copy_(q.weight.to(W.dtype))
+        self.qweights[name] = q.compact()
         self.records[name] = LayerRecord(name, li.component, li.block, li.role, fmt.bits, fmt.group_size,
                                          fmt.sym, err, fallback=fmt.fallback, **extra)
         logger.debug("%s: %d bit, weight rel. error %.4f, output rel. error %s", name, fmt.bits, err,
@@ -79,7 +88,7 @@ class _Run:
         for name, fmt in tqdm(self.plan.targets.items(), desc=f"{self.spec.method} quantization",
                               disable=not self.progress):
             W = self.model.get_submodule(name).weight.detach()
-            self.set_weight(name, fake_quantize(W, fmt.bits, fmt.group_size, fmt.sym))
+            self.set_weight(name, self.method.quantize_weight(W, fmt))
 
     # ---- calibrated methods -----------------------------------------------------------------
 
@@ -129,21 +138,22 @@ class _Run:
         changed, notes = self.changed[mark[0]:], self.notes[mark[1]:]
         records = [asdict(r) for r in self.records.values() if r.component == component]
         unscaled = [[rel, n] for (c, rel), n in self.awq_unscaled.items() if c == component]
+        qweights = {r["name"]: self.qweights[r["name"]] for r in records}
         entry.save(self.model, list(dict.fromkeys(changed)),
-                   {"changed": changed, "notes": notes, "records": records, "awq_unscaled": unscaled})
+                   {"changed": changed, "notes": notes, "records": records, "awq_unscaled": unscaled}, qweights)
 
     def _restore(self, component: str, entry: QuantCache) -> None:
-        record = entry.load(self.model)
+        record, qweights = entry.load(self.model)
         self.changed += record["changed"]
         self.notes += record["notes"]
         self.records.update({r["name"]: LayerRecord(**r) for r in record["records"]})
+        self.qweights.update(qweights)
         self.awq_unscaled.update({(component, rel): n for rel, n in record["awq_unscaled"]})
         self.notes.append(f"{component}: {self.spec.method} weights reused from the quantization cache "
                           "(same targets, same components before it, same calibration)")
 
     def _calibrate_component(self, comp, stacks, batches: list[dict]) -> None:
         """Quantize one component's targets block by block on its recorded calibration inputs."""
-        block_fn = self.gptq_block if self.spec.method == "gptq" else self.awq_block
         for stack, with_targets in stacks:
             samples = capture_stack_inputs(self.model, stack, batches)
             last = with_targets[-1]
@@ -152,118 +162,47 @@ class _Run:
                 block = self.model.get_submodule(block_path)
                 names = self.plan.targets_in_block(block_path)
                 if names:
-                    block_fn(block, block_path, stack.kind, names, samples)
+                    self._quantize_block(block, block_path, stack.kind, names, samples)
                     errs = [self.records[n].output_rel_err or 0.0 for n in names]
                     bar.set_postfix(max_out_err=f"{max(errs):.4f}")
                 if i < last:
                     outputs = run_block(block, samples)
                     samples = [advance(s, o, stack.carry) for s, o in zip(samples, outputs)]
 
-    def _collect(self, block: nn.Module, names: list[str], samples: list, on_input) -> None:
-        mods = {n: self.model.get_submodule(n) for n in names}
-        stats = InputStats(mods, on_input)
+    def _quantize_block(self, block: nn.Module, block_path: str, kind, names: list[str], samples: list) -> None:
+        """Collect the method's statistics from one forward of the block, then let it quantize the block."""
+        modules = {n: self.model.get_submodule(n) for n in names}
+        stats = self.method.statistics(modules, len(samples))
+        hooks = InputStats(modules, stats.add)
         try:
-            run_block(block, samples, stats)
+            run_block(block, samples, hooks)
         finally:
-            stats.remove()
+            hooks.remove()
+        result: BlockResult = self.method.quantize_block(
+            block, block_path, kind, {n: self.plan.targets[n] for n in names}, stats, self.spec)
+        self.changed += result.changed
+        self.notes += result.notes
+        for name in names:
+            if name in result.quantized:
+                q, extra = result.quantized[name]
+                self.set_weight(name, q, **extra)
+            else:
+                self._unseen(name)
+        for name in result.unscaled:
+            key = (self.plan.info(name).component, self.plan.info(name).relative_name)
+            self.awq_unscaled[key] = self.awq_unscaled.get(key, 0) + 1
 
     def _unseen(self, name: str) -> None:
-        fmt = self.plan.targets[name]
         self.notes.append(f"{name}: not reached by the calibration inputs; round-to-nearest instead")
         W = self.model.get_submodule(name).weight.detach()
-        self.set_weight(name, fake_quantize(W, fmt.bits, fmt.group_size, fmt.sym))
-
-    def gptq_block(self, block, block_path, kind, names, samples) -> None:
-        acc = {n: HessianAccumulator(self.model.get_submodule(n).in_features,
-                                     self.model.get_submodule(n).weight.device) for n in names}
-        self._collect(block, names, samples, lambda n, x: acc[n].add(x))
-        for name in names:
-            if acc[name].count == 0:
-                self._unseen(name)
-                continue
-            H = acc.pop(name).hessian()
-            fmt = self.plan.targets[name]
-            W = self.model.get_submodule(name).weight.detach().float()
-            res = gptq_quantize(W, H, fmt.bits, fmt.group_size, fmt.sym, act_order=self.spec.act_order,
-                                static_groups=self.spec.static_groups, damp=self.spec.damp, name=name)
-            if res.retries:
-                self.notes.append(f"{name}: Hessian not positive definite; damping raised to {res.damp:g}")
-            self.set_weight(name, res.weight, output_rel_err=relative_output_error(W, res.weight, H), damp=res.damp)
-
-    def awq_block(self, block, block_path, kind, names, samples) -> None:
-        cap = awq_mod.rows_per_call(awq_mod.SCALE_TOKENS, len(samples))
-        abs_sum: dict[str, torch.Tensor] = {}
-        count: dict[str, int] = {}
-        rows: dict[str, list] = {n: [] for n in names}
-
-        def on_input(name, x):
-            x = x.float()
-            abs_sum[name] = abs_sum.get(name, 0) + x.abs().sum(0)
-            count[name] = count.get(name, 0) + x.shape[0]
-            if x.shape[0] > cap:
-                x = x[torch.linspace(0, x.shape[0] - 1, cap, device=x.device).long()]
-            rows[name].append(x)
-
-        self._collect(block, names, samples, on_input)
-        X = {n: torch.cat(r)[: awq_mod.SCALE_TOKENS] for n, r in rows.items() if r}
-        prefix = f"{block_path}."
-        targeted = {n[len(prefix):] for n in names}
-        scaled: set[str] = set()
-        for group in awq_mod.scale_groups(kind, block):
-            members = set(group.linears) | ({group.prev} if group.prev_kind != "norm" else set())
-            first = f"{prefix}{group.linears[0]}"
-            if not members <= targeted or first not in X:
-                continue
-            lins = [block.get_submodule(r) for r in group.linears]
-            s = awq_mod.search_scale([m.weight for m in lins], X[first], abs_sum[first] / count[first],
-                                     self.plan.targets[first])
-            if s is None:
-                continue
-            with torch.no_grad():
-                changed = awq_mod.fold_scale(block, group, s)
-            self.changed += [f"{prefix}{c}" for c in changed]
-            for r in group.linears:
-                X[f"{prefix}{r}"] = X[f"{prefix}{r}"] / s
-                scaled.add(r)
-        for name in names:
-            if name not in X:
-                self._unseen(name)
-                continue
-            rel = name[len(prefix):]
-            if rel not in scaled:
-                key = (self.plan.info(name).component, self.plan.info(name).relative_name)
-                self.awq_unscaled[key] = self.awq_unscaled.get(key, 0) + 1
-            fmt = self.plan.targets[name]
-            W = self.model.get_submodule(name).weight.detach()
-            clip = awq_mod.search_clip(W, X[name], fmt) if awq_mod.clip_eligible(rel) else None
-            Q = awq_mod.quantize_with_clip(W, clip, fmt)
-            H = X[name].t() @ X[name]
-            self.set_weight(name, Q, output_rel_err=relative_output_error(W, Q, H),
-                            awq_scaled=rel in scaled, awq_clipped=clip is not None)
+        self.set_weight(name, quantize_weight(W, self.plan.targets[name]))
 
 
-SMALL_LAYER = 1 << 20  # weights; below this, CPU thread hand-offs cost more than they save
-
-
-@contextmanager
-def _threads_for(model: nn.Module, plan: QuantPlan):
-    """One CPU thread for models whose targeted Linears are all small (≤ 1M weights).
-
-    Calibration of such models is thousands of tiny ops; with several threads each op pays a
-    hand-off, which on a loaded machine made GPTQ on a tiny BLIP-2 25x slower.
-    """
-    infos = [plan.info(n) for n in plan.targets]
-    small = all(li.in_features * li.out_features <= SMALL_LAYER for li in infos)
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    n = torch.get_num_threads()
-    if not (small and on_cpu) or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+def _small_on_cpu(model: nn.Module, plan: QuantPlan) -> bool:
+    """True when every targeted Linear is small (≤ SMALL_LAYER weights) and the model is on the CPU:
+    calibration is then thousands of tiny ops, faster on one thread."""
+    small = all(plan.info(n).in_features * plan.info(n).out_features <= SMALL_LAYER for n in plan.targets)
+    return small and next(model.parameters()).device.type == "cpu"
 
 
 def _calibration_info(batches: list[dict] | None) -> dict | None:
@@ -281,6 +220,7 @@ def quantize_model(
     progress: bool = True,
     cache_dir: str | None = None,
     model_id: str | None = None,
+    plan: QuantPlan | None = None,
 ) -> QuantReport:
     """Quantize `model` in place per `spec` (weights replaced by dequantized values, same dtype).
 
@@ -288,15 +228,16 @@ def quantize_model(
     required for gptq / awq. With `cache_dir`, results are stored under a key of model id, spec and
     calibration, and a later identical call loads them instead of quantizing again; gptq / awq
     store each component apart, so a call that shares a component and everything before it (in
-    pipeline order) with an earlier one reuses that component.
+    pipeline order) with an earlier one reuses that component. `plan`: `build_plan(model, spec)`
+    when the caller has it already.
     """
     t_start = time.perf_counter()
-    plan = spec.validate_for(model)
+    plan = plan or build_plan(model, spec)
     if not plan.effective:
         logger.warning("; ".join(plan.notes[:2]))  # NO_EFFECT, then why (the unused-block note)
     if spec.needs_calibration and not calib_batches:
         raise MMQConfigError(f"method={spec.method} needs calibration batches (calib_samples={spec.calib_samples})")
-    model_id = model_id or getattr(model.config, "_name_or_path", None) or None
+    model_id = model_id or getattr(getattr(model, "config", None), "_name_or_path", None) or None
     cache, component_cache = None, None
     if cache_dir and not spec.is_noop:
         if not model_id:
@@ -307,8 +248,9 @@ def quantize_model(
             fp = weights_fingerprint(model, list(plan.targets))
             cache = QuantCache(cache_dir, cache_key(model_id, spec, fp))
             if cache.exists():
-                report = QuantReport.from_dict(cache.load(model))
-                report.cached = True
+                record, qweights = cache.load(model)
+                report = QuantReport.from_dict(record)
+                report.cached, report.qweights = True, qweights
                 return report
 
     run = _Run(model, plan, progress, component_cache)
@@ -316,10 +258,10 @@ def quantize_model(
     model_was_training = model.training
     model.eval()
     try:
-        with _threads_for(model, plan):
+        with one_cpu_thread(next(model.parameters()).device, when=_small_on_cpu(model, plan)):
             if spec.is_noop:
                 pass
-            elif spec.method in ("uniform", "rtn"):
+            elif not run.method.calibrated:
                 run.direct()
             else:
                 run.sequential(calib_batches, timings)
@@ -340,7 +282,8 @@ def quantize_model(
         calibration=_calibration_info(calib_batches) if spec.needs_calibration else None,
         unused_params=sum(plan.info(n).in_features * plan.info(n).out_features for n in plan.unused_targets),
         effective=plan.effective, cached=bool(run.reused) and not run.calibrated,
+        qweights=run.qweights,
     )
     if cache is not None:
-        cache.save(model, list(dict.fromkeys(run.changed)), report.to_dict())
+        cache.save(model, list(dict.fromkeys(run.changed)), report.to_dict(), run.qweights)
     return report

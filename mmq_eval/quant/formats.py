@@ -81,18 +81,76 @@ def expand_groups(p: Tensor, group_size: int) -> Tensor:
     return p.repeat_interleave(group_size, dim=1)
 
 
+@dataclass(frozen=True)
+class LayerFormat:
+    """Storage format of one quantized Linear weight.
+
+    group_size: columns per (scale, zero) group; equals in_features for per-channel and is 0 for the
+    per-tensor uniform format.
+    """
+
+    bits: int
+    group_size: int
+    sym: bool
+    fallback: bool = False  # the default group size did not divide in_features: per channel instead
+
+    @property
+    def per_tensor(self) -> bool:
+        return self.group_size == 0
+
+
 @dataclass
 class QuantizedWeight:
-    """Integer codes with their per-group scale and zero point (float32, or float64 for float64 weights)."""
+    """What a quantizer computed for one weight matrix (out, in): the integers and their grid.
+
+    codes: q ∈ [0, 2^bits − 1] as uint8. scale, zero: per (row, group), float32 (float64 for
+    float64 weights); zero holds integers (the symmetric formats' constant 2^(bits−1)), except
+    for the per-tensor uniform format (group_size 0, shape (1, 1)), whose zero is the real
+    offset −min / scale. g_idx: the group of each input column when groups are not runs of
+    `group_size` consecutive columns (GPTQ's activation order), else None. weight: the
+    dequantized values the model receives, as the quantizer computed them; `compact()` drops it
+    for storage.
+    """
 
     codes: Tensor
     scale: Tensor
     zero: Tensor
     group_size: int
+    bits: int
+    sym: bool
+    g_idx: Tensor | None = None
+    weight: Tensor | None = None
+
+    def column_params(self) -> tuple[Tensor, Tensor]:
+        """(scale, zero) per column, each (out, in)."""
+        if self.group_size == 0:
+            return self.scale.expand(self.codes.shape), self.zero.expand(self.codes.shape)
+        if self.g_idx is None:
+            return expand_groups(self.scale, self.group_size), expand_groups(self.zero, self.group_size)
+        return self.scale[:, self.g_idx], self.zero[:, self.g_idx]
 
     def dequantize(self) -> Tensor:
-        s, z = expand_groups(self.scale, self.group_size), expand_groups(self.zero, self.group_size)
-        return s * (self.codes - z)
+        """``scale · (q − zero)`` per column (for per-tensor uniform, up to float rounding of `weight`)."""
+        s, z = self.column_params()
+        return s * (self.codes.to(s.dtype) - z)
+
+    def compact(self) -> QuantizedWeight:
+        """The same without `weight` (what a report or cache keeps)."""
+        return QuantizedWeight(self.codes, self.scale, self.zero, self.group_size, self.bits, self.sym, self.g_idx)
+
+
+def _packed(codes: Tensor) -> Tensor:
+    return codes.to(torch.uint8)
+
+
+def uniform_quantize_weight(w: Tensor, bits: int) -> QuantizedWeight:
+    """The paper's per-tensor uniform format: `weight` exactly as `uniform_quantize` computes it."""
+    codes, lo, alpha = uniform_codes(w, bits)
+    levels = 2**bits - 1
+    scale = (alpha / levels if alpha != 0 else torch.ones_like(alpha)).reshape(1, 1)
+    zero = (-lo / scale).reshape(1, 1)
+    weight = w.clone() if alpha == 0 else (codes / levels * alpha + lo).to(w.dtype)
+    return QuantizedWeight(_packed(codes), scale, zero, 0, bits, False, weight=weight)
 
 
 def rtn_quantize(w: Tensor, bits: int, group_size: int, sym: bool,
@@ -102,11 +160,18 @@ def rtn_quantize(w: Tensor, bits: int, group_size: int, sym: bool,
         scale, zero = group_qparams(w, bits, group_size, sym)
     wf = _compute_dtype(w)
     codes = quantize_codes(wf, expand_groups(scale, group_size), expand_groups(zero, group_size), 2**bits - 1)
-    return QuantizedWeight(codes, scale, zero, group_size)
+    q = QuantizedWeight(_packed(codes), scale, zero, group_size, bits, sym)
+    q.weight = expand_groups(scale, group_size) * (codes - expand_groups(zero, group_size))
+    return q
+
+
+def quantize_weight(w: Tensor, fmt: LayerFormat) -> QuantizedWeight:
+    """Data-free quantization in `fmt`: per-tensor uniform (group size 0) or grouped RTN; `weight` in w's dtype."""
+    q = uniform_quantize_weight(w, fmt.bits) if fmt.per_tensor else rtn_quantize(w, fmt.bits, fmt.group_size, fmt.sym)
+    q.weight = q.weight.to(w.dtype)
+    return q
 
 
 def fake_quantize(w: Tensor, bits: int, group_size: int, sym: bool) -> Tensor:
     """Quantize–dequantize in the weight's dtype; group_size 0 = the per-tensor uniform formula."""
-    if group_size == 0:
-        return uniform_quantize(w, bits)
-    return rtn_quantize(w, bits, group_size, sym).dequantize().to(w.dtype)
+    return quantize_weight(w, LayerFormat(bits, group_size, sym)).weight

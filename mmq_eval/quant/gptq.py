@@ -9,13 +9,14 @@ Hessian, groups (dynamic or static), activation order, and dead-column handling.
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from mmq_eval.quant.formats import group_qparams, quantize_codes
+from mmq_eval.quant.block import BlockResult, relative
+from mmq_eval.quant.formats import LayerFormat, QuantizedWeight, group_qparams, quantize_codes
+from mmq_eval.quant.threads import one_cpu_thread
 
 MAX_DAMP_RETRIES = 4
 
@@ -36,12 +37,19 @@ class HessianAccumulator:
         return self.sum * (2.0 / max(self.count, 1))
 
 
+class HessianStats:
+    """The statistics GPTQ gathers for one block: a HessianAccumulator per targeted Linear."""
+
+    def __init__(self, modules: dict[str, nn.Linear], n_samples: int):
+        self.acc = {n: HessianAccumulator(m.in_features, m.weight.device) for n, m in modules.items()}
+
+    def add(self, name: str, x: Tensor) -> None:
+        self.acc[name].add(x)
+
+
 @dataclass
 class GPTQResult:
-    weight: Tensor  # dequantized (float32, or float64 for float64 input), original column order
-    codes: Tensor  # integer codes (float32 holding integers), original column order
-    scale: Tensor  # per column (out, in)
-    zero: Tensor  # per column (out, in)
+    qweight: QuantizedWeight  # codes, per-group scale / zero (and g_idx under act_order), dequantized weight
     damp: float  # relative damping finally used
     retries: int  # how many times the damping was raised 10x
 
@@ -69,21 +77,6 @@ def inverse_hessian_factor(H: Tensor, damp: float, name: str = "layer") -> tuple
     raise RuntimeError(f"GPTQ {name}: Hessian not positive definite even at damp={damp:g}")
 
 
-@contextmanager
-def _one_cpu_thread(t: Tensor):
-    """The per-column steps touch one short vector each: on CPU, thread hand-offs cost more than
-    they save (10x slower on a loaded 2-core machine), so run them on one thread."""
-    n = torch.get_num_threads()
-    if t.device.type != "cpu" or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 @torch.no_grad()
 def gptq_quantize(
     W: Tensor,
@@ -101,7 +94,8 @@ def gptq_quantize(
     """GPTQ-quantize weight W (out, in) given the Hessian H (in, in) of its inputs.
 
     group_size = in_features means per channel. Computes in float32 (float64 if W is float64).
-    Returns dequantized weights and integer codes.
+    Returns the integer codes with their per-group scales and zero points, and the dequantized
+    weights (original column order).
     """
     dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
     W = W.detach().to(dtype, copy=True)
@@ -133,14 +127,13 @@ def gptq_quantize(
     WT = W.t().contiguous()
     del W
     codes = torch.empty_like(WT)
-    col_scale = torch.empty_like(WT)
-    col_zero = torch.empty_like(WT)
+    group_scales, group_zeros = [], []  # dynamic groups, in processing order
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         W1 = WT[i1:i2]  # view: updates land in WT
         U1 = U[i1:i2, i1:i2]
         err = torch.empty(i2 - i1, rows, device=WT.device, dtype=dtype)
-        with _one_cpu_thread(WT):
+        with one_cpu_thread(WT.device):
             for i in range(i2 - i1):
                 col = i1 + i
                 if grouped:
@@ -149,24 +142,33 @@ def gptq_quantize(
                         scale, zero = g_scale[:, g:g + 1], g_zero[:, g:g + 1]
                     elif col % group_size == 0:
                         scale, zero = group_qparams(WT[col:col + group_size].t(), bits, group_size, sym)
+                        group_scales.append(scale)
+                        group_zeros.append(zero)
                 s, z = scale[:, 0], zero[:, 0]
                 w = W1[i]
                 q = quantize_codes(w, s, z, maxq)
                 codes[col] = q
-                col_scale[col] = s
-                col_zero[col] = z
                 e = err[i]
                 torch.sub(w, s * (q - z), out=e)
                 e.div_(U1[i, i])
                 W1[i + 1:].addr_(U1[i, i + 1:], e, alpha=-1)
         WT[i2:].addmm_(U[i1:i2, i2:].t(), err, alpha=-1)
 
-    codes, col_scale, col_zero = codes.t(), col_scale.t(), col_zero.t()
+    codes, g_idx = codes.t(), None
+    if not grouped:
+        group_size = cols
+    elif static_groups:
+        scale, zero = g_scale, g_zero
+    else:
+        scale, zero = torch.cat(group_scales, 1), torch.cat(group_zeros, 1)
     if perm is not None:
         inv = torch.argsort(perm)
-        codes, col_scale, col_zero = codes[:, inv], col_scale[:, inv], col_zero[:, inv]
-    weight = col_scale * (codes - col_zero)
-    return GPTQResult(weight, codes, col_scale, col_zero, damp_used, retries)
+        codes = codes[:, inv]
+        if grouped and not static_groups:  # groups are runs of the permuted order
+            g_idx = inv // group_size
+    qweight = QuantizedWeight(codes.to(torch.uint8), scale, zero, group_size, bits, sym, g_idx)
+    qweight.weight = qweight.dequantize()
+    return GPTQResult(qweight, damp_used, retries)
 
 
 def relative_output_error(W: Tensor, Q: Tensor, H: Tensor) -> float:
@@ -176,3 +178,23 @@ def relative_output_error(W: Tensor, Q: Tensor, H: Tensor) -> float:
     num = torch.sum((D @ H) * D)
     den = torch.sum((W @ H) * W)
     return float(num / den) if den > 0 else 0.0
+
+
+def quantize_block(block: nn.Module, block_path: str, kind, targets: dict[str, LayerFormat],
+                   stats: HessianStats, spec) -> BlockResult:
+    """GPTQ every targeted Linear of one block from its accumulated Hessian (spec: damp, act_order, static_groups)."""
+    result = BlockResult()
+    for name, fmt in targets.items():
+        acc = stats.acc.pop(name)
+        if acc.count == 0:
+            result.unseen.append(name)
+            continue
+        H = acc.hessian()
+        W = block.get_submodule(relative(name, block_path)).weight.detach().float()
+        res = gptq_quantize(W, H, fmt.bits, fmt.group_size, fmt.sym, act_order=spec.act_order,
+                            static_groups=spec.static_groups, damp=spec.damp, name=name)
+        if res.retries:
+            result.notes.append(f"{name}: Hessian not positive definite; damping raised to {res.damp:g}")
+        result.quantized[name] = (res.qweight, {"output_rel_err": relative_output_error(W, res.qweight.weight, H),
+                                                "damp": res.damp})
+    return result

@@ -8,28 +8,12 @@ from torch import nn
 
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.quant.arch import ArchMap, LinearInfo, block_group, resolve_arch
-from mmq_eval.quant.spec import COMPONENTS, QuantSpec
+from mmq_eval.quant.formats import LayerFormat
+from mmq_eval.quant.registry import COMPONENTS
+from mmq_eval.quant.spec import QuantSpec
 
 NO_EFFECT = ("NO EFFECT: every quantized Linear lies in a block that does not affect outputs, so this "
              "configuration computes exactly what full precision does; select other blocks to measure quantization")
-
-
-@dataclass(frozen=True)
-class LayerFormat:
-    """Storage format of one quantized Linear weight.
-
-    group_size: columns per (scale, zero) group; equals in_features for per-channel and is 0 for the
-    per-tensor uniform format.
-    """
-
-    bits: int
-    group_size: int
-    sym: bool
-    fallback: bool = False  # the default group size did not divide in_features: per channel instead
-
-    @property
-    def per_tensor(self) -> bool:
-        return self.group_size == 0
 
 
 @dataclass
@@ -82,9 +66,12 @@ def _format_for(spec: QuantSpec, li: LinearInfo, bits: int) -> LayerFormat:
     return LayerFormat(bits, li.in_features, spec.sym, fallback=True)
 
 
-def build_plan(model: nn.Module, spec: QuantSpec) -> QuantPlan:
-    """Check `spec` against `model` and list the targeted Linears; MMQConfigError names the argument."""
-    arch = resolve_arch(model)
+def build_plan(model: nn.Module, spec: QuantSpec, arch: ArchMap | None = None) -> QuantPlan:
+    """Check `spec` against `model` and list the targeted Linears; MMQConfigError names the argument.
+
+    `arch`: the model's already resolved ArchMap (resolved here when None).
+    """
+    arch = arch or resolve_arch(model)
     present = set(arch.component_names)
     for c in COMPONENTS:
         keys = [k for k, d in (("bits", spec.component_bits_override), ("layer_group", spec.group_override),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import asdict, dataclass, field
 
@@ -42,6 +43,8 @@ class QuantReport:
     cached: bool = False
     unused_params: int = 0  # quantized weights in blocks that do not affect outputs (counted in bpw)
     effective: bool = True  # False: Linears were quantized, but none that can affect outputs
+    #: Linear name -> its integer codes, scales and zero points (not serialised: export packs them)
+    qweights: dict = field(default_factory=dict, repr=False, compare=False)
 
     def error_summary(self) -> dict:
         """Per component: Linears, mean/max weight and output relative errors."""
@@ -59,7 +62,9 @@ class QuantReport:
         return out
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        """JSON-able form (without the tensors of ``qweights``)."""
+        d = asdict(dataclasses.replace(self, qweights={}))
+        d.pop("qweights")
         d["errors"] = self.error_summary()
         return d
 

@@ -27,31 +27,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmq_eval.errors import MMQConfigError
+from mmq_eval.quant.methods import METHOD_TABLE
+from mmq_eval.quant.registry import BLOCK_COMPONENTS, COMPONENTS
 
-METHODS = ("none", "uniform", "rtn", "gptq", "awq")
-COMPONENTS = ("vit", "qformer", "projector", "llm")
-BLOCK_COMPONENTS = ("vit", "qformer", "llm")
+METHODS = tuple(METHOD_TABLE)
 LAYER_GROUPS = ("first", "middle", "last")
 LAYER_TYPES = ("attn", "mlp")
+#: Settings that select what is quantized (per component: ``vit_bits``, ``llm_layer_type``, ...);
+#: their effect on each Linear is its LayerFormat.
+SELECTION_SETTINGS = ("bits", "layer_group", "layer_type")
 VALID_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 DEFAULT_GROUP_SIZE = 128
 
 _BITS_KEYS = {f"{c}_bits": c for c in COMPONENTS}
 _GROUP_KEYS = {f"{c}_layer_group": c for c in BLOCK_COMPONENTS}
 _TYPE_KEYS = {f"{c}_layer_type": c for c in BLOCK_COMPONENTS}
-_METHOD_KEYS = {
-    "none": frozenset(),
-    "uniform": frozenset(),
-    "rtn": frozenset({"group_size", "sym"}),
-    "gptq": frozenset({"group_size", "sym", "act_order", "static_groups", "damp",
-                       "calib_samples", "calib_seed", "calib_split"}),
-    "awq": frozenset({"group_size", "sym", "calib_samples", "calib_seed", "calib_split"}),
-}
+_METHOD_KEYS = {name: m.settings for name, m in METHOD_TABLE.items()}
+_ALL_METHOD_KEYS = frozenset().union(*_METHOD_KEYS.values())
 _SELECTION_KEYS = frozenset({"layer_group", "layer_type", *_GROUP_KEYS, *_TYPE_KEYS})
 
-QUANT_ARG_KEYS = frozenset(
-    {"method", "bits", *_BITS_KEYS, *_SELECTION_KEYS, *_METHOD_KEYS["gptq"]}
-)
+QUANT_ARG_KEYS = frozenset({"method", "bits", *_BITS_KEYS, *_SELECTION_KEYS, *_ALL_METHOD_KEYS})
 
 
 def _parse_int(key: str, value: Any, accepted: str) -> int:
@@ -115,7 +110,8 @@ class QuantSpec:
 
     Build with `from_args` (lmms-eval model args) or `from_dict` (the `to_dict` JSON form).
     Per-component settings resolve through `component_bits`, `component_groups`,
-    `component_types`; `validate_for(model)` adds the checks that need the model.
+    `component_types`; ``mmq_eval.quant.plan.build_plan(model, spec)`` adds the checks that
+    need the model.
     """
 
     method: str = "none"
@@ -149,7 +145,7 @@ class QuantSpec:
                 f"method={args.get('method')!r} is not valid; accepted: {', '.join(METHODS)}"
             )
         allowed = _METHOD_KEYS[method]
-        for key in sorted(set(args) & set(_METHOD_KEYS["gptq"])):
+        for key in sorted(set(args) & _ALL_METHOD_KEYS):
             if key not in allowed:
                 users = [m for m in METHODS if key in _METHOD_KEYS[m]]
                 raise MMQConfigError(
@@ -266,12 +262,12 @@ class QuantSpec:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method in ("gptq", "awq") and not self.is_noop
+        return METHOD_TABLE[self.method].calibrated and not self.is_noop
 
     @property
     def effective_group_size(self) -> int:
         """Group size used where it divides (−1 = per channel); 0 for per-tensor uniform."""
-        if self.method == "uniform":
+        if METHOD_TABLE[self.method].per_tensor:
             return 0
         return DEFAULT_GROUP_SIZE if self.group_size is None else self.group_size
 
@@ -306,9 +302,3 @@ class QuantSpec:
 
     def __hash__(self) -> int:
         return hash(self.canonical_json())
-
-    def validate_for(self, model):
-        """Model-dependent checks before any work; returns the resolved `QuantPlan`."""
-        from mmq_eval.quant.plan import build_plan
-
-        return build_plan(model, self)

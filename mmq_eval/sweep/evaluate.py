@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mmq_eval.errors import MMQConfigError
+from mmq_eval.tasks import tasks_path
 
 Evaluator = Callable[[Any], "tuple[float, dict]"]
 ENV_HOOK = "MMQ_SWEEP_EVALUATOR"
@@ -44,7 +45,6 @@ class LmmsEvaluator:
         from lmms_eval.models import get_model
         from lmms_eval.tasks import TaskManager
 
-        from mmq_eval.cli import tasks_path
         from mmq_eval.sweep.spec import DEFAULT_MODEL, our_task_names
 
         args = dict(model)
@@ -61,7 +61,9 @@ class LmmsEvaluator:
     def check(self, spec) -> bool:
         """Model-dependent checks of ``spec`` (raises MMQConfigError naming the setting); False when
         it quantizes only blocks that cannot affect the outputs (``QuantPlan.effective``)."""
-        return spec.validate_for(self.lm.model).effective
+        from mmq_eval.quant.plan import build_plan
+
+        return build_plan(self.lm.model, spec).effective
 
     def __call__(self, spec) -> tuple[float, dict]:
         from lmms_eval.evaluator import simple_evaluate

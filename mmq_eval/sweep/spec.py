@@ -25,13 +25,12 @@ import yaml
 
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.quant import QUANT_ARG_KEYS, QuantSpec
+from mmq_eval.quant.registry import components_of, lmms_models
+from mmq_eval.quant.spec import BLOCK_COMPONENTS, COMPONENTS, SELECTION_SETTINGS
+from mmq_eval.tasks import tasks_path
 
 DEFAULT_MODEL = "mmq_blip2"
 SPEC_KEYS = ("model", "tasks", "fixed", "grid", "method_args", "configs", "exclude")
-COMPONENTS = ("vit", "qformer", "projector", "llm")
-MODEL_COMPONENTS = {"mmq_blip2": COMPONENTS, "mmq_llava": ("vit", "projector", "llm")}  # no Q-Former in LLaVA
-BLOCK_COMPONENTS = ("vit", "qformer", "llm")
-_SELECTION = ("bits", "layer_group", "layer_type")
 # Wrapper args that do not change results: left out of the config id so a resumed sweep may
 # use another batch size, device or cache.
 _RUNTIME_MODEL_ARGS = ("batch_size", "max_batch_size", "device", "quant_cache", "report_path")
@@ -75,7 +74,7 @@ def effective(spec: QuantSpec) -> dict:
         return {"method": "none"}
     out: dict[str, Any] = {
         k: v for k, v in spec.to_dict().items()
-        if not (k in _SELECTION or k.endswith(tuple("_" + s for s in _SELECTION)))
+        if not (k in SELECTION_SETTINGS or k.endswith(tuple("_" + s for s in SELECTION_SETTINGS)))
     }
     for comp in COMPONENTS:
         bits = spec.component_bits(comp)
@@ -114,8 +113,6 @@ def _quant_args(where: str, mapping: Any) -> dict:
 
 
 def _check_model(model: Any) -> dict:
-    from lmms_eval.models import get_model_manifest
-
     from mmq_eval.models.args import WRAPPER_KEYS
 
     if not isinstance(model, dict) or not isinstance(model.get("pretrained"), str):
@@ -126,12 +123,8 @@ def _check_model(model: Any) -> dict:
         if key not in WRAPPER_KEYS and key != "name":
             raise _fail(f"model.{key}", f"unknown wrapper arg; known: name, {', '.join(WRAPPER_KEYS)}")
     name = model.get("name", DEFAULT_MODEL)
-    try:
-        quantizable = get_model_manifest(name).simple_class_path.startswith("mmq_eval.")
-    except ValueError:
-        quantizable = False
-    if not quantizable:
-        raise _fail("model.name", f"{name!r} is not a quantizable mmq-eval model (mmq_blip2, mmq_llava)")
+    if name not in lmms_models():
+        raise _fail("model.name", f"{name!r} is not a quantizable mmq-eval model ({', '.join(sorted(lmms_models()))})")
     return model
 
 
@@ -153,8 +146,6 @@ def _indexed_task_names(include_path: Path) -> set[str]:
 def check_tasks(tasks: list, index: Callable[[Path], set] = _indexed_task_names) -> None:
     """Raise naming the first task unknown to our task folder and to lmms-eval's task index
     (built, ~20 s, only when a task is not one of ours)."""
-    from mmq_eval.cli import tasks_path
-
     folder = Path(tasks_path())
     ours = our_task_names(folder)
     unknown = [t for t in tasks if t not in ours]
@@ -219,7 +210,7 @@ def build_sweep(spec: dict, limit: int | None = None, task_index: Callable[[Path
         raise MMQConfigError(f"--limit {limit}: must be a positive number of documents")
 
     configs, seen = [], set()
-    components = MODEL_COMPONENTS.get(model.get("name", DEFAULT_MODEL), COMPONENTS)
+    components = components_of(model.get("name", DEFAULT_MODEL))
     for where, args in _raw_configs(spec):
         if _excluded(args, exclude):
             continue
