@@ -60,7 +60,7 @@ def run_lmms_eval(argv: list[str]) -> int:
     import lmms_eval.__main__ as lmms_main
 
     from mmq_eval.errors import MMQConfigError, MMQDataError
-    from mmq_eval.models import base
+    from mmq_eval.models import quantizing
 
     outcomes: list[bool] = []
     original = lmms_main.cli_evaluate_single
@@ -68,7 +68,7 @@ def run_lmms_eval(argv: list[str]) -> int:
 
     def evaluate_single(args):
         args.include_path = _merge_include_path(args.include_path)
-        reports_before = len(base.QUANT_REPORTS)
+        reports_before = len(quantizing.QUANT_REPORTS)
         try:
             results = original(args)
         except (MMQConfigError, MMQDataError) as err:
@@ -78,8 +78,8 @@ def run_lmms_eval(argv: list[str]) -> int:
             outcomes.append(False)
             raise
         outcomes.append(results is not None)
-        _attach_quant_reports(args.output_path, started, base.QUANT_REPORTS[reports_before:])
-        for report in base.QUANT_REPORTS[reports_before:]:
+        _attach_quant_reports(args.output_path, started, quantizing.QUANT_REPORTS[reports_before:])
+        for report in quantizing.QUANT_REPORTS[reports_before:]:
             print(f"mmq-eval: {report['pretrained']} quantized to {report['bpw']:.3f} bits per weight")
         return results
 

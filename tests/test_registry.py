@@ -6,12 +6,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 from quant_tiny import blip2_batches, itm_batches, llava_batches, make_tiny_blip2, make_tiny_itm, make_tiny_llava
+from tiny_vlms import BUILDERS, chat_batches, make_tiny_vlm
 from torch import nn
 
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.quant import QuantSpec, quantize_model
 from mmq_eval.quant import awq as awq_mod
 from mmq_eval.quant.arch import resolve_arch
+from mmq_eval.quant.calibration import advance, block_output, capture_stack_inputs, run_block
 from mmq_eval.quant.formats import QuantizedWeight
 from mmq_eval.quant.registry import (
     ACTIVATION,
@@ -49,11 +51,19 @@ def _llava():
     return model, processor, llava_batches(model.config)
 
 
+def _chat_vlm(arch):
+    def build():
+        model, processor = make_tiny_vlm(arch)
+        return model, processor, chat_batches(processor)
+    return build
+
+
 #: A tiny random model from a config for every registered family (and each language-model option).
 TINY = {
     "Blip2ForConditionalGeneration": {"opt": _blip2("opt"), "t5": _blip2("t5")},
     "Blip2ForImageTextRetrieval": {"itm": _itm},
     "LlavaForConditionalGeneration": {"llama": _llava},
+    **{arch: {"tiny": _chat_vlm(arch)} for arch in BUILDERS},
 }
 CASES = [(arch, variant) for arch, builders in TINY.items() for variant in builders]
 _BUILT: dict = {}
@@ -162,9 +172,55 @@ def test_export_round_trip_where_exportable(arch, variant, tmp_path):
 
 
 def test_lmms_models_and_components_come_from_the_registry():
-    assert lmms_models() == {"mmq_blip2": "mmq_eval.models.blip2.MMQBlip2", "mmq_llava": "mmq_eval.models.llava.MMQLlava"}
+    assert lmms_models() == {
+        "mmq_blip2": "mmq_eval.models.blip2.MMQBlip2", "mmq_llava": "mmq_eval.models.llava.MMQLlava",
+        "mmq_qwen2_vl": "mmq_eval.models.chat.MMQQwen2VL", "mmq_qwen2_5_vl": "mmq_eval.models.chat.MMQQwen2_5VL",
+        "mmq_qwen3_vl": "mmq_eval.models.chat.MMQQwen3VL", "mmq_llava_hf": "mmq_eval.models.chat.MMQLlavaHf",
+        "mmq_internvl_hf": "mmq_eval.models.chat.MMQInternVLHf",
+    }
+    from mmq_eval.plugin import model_manifests
+
+    manifests = {m.model_id: m for m in model_manifests()}
+    assert manifests["mmq_qwen2_5_vl"].chat_class_path == "mmq_eval.models.chat.MMQQwen2_5VL"
+    assert manifests["mmq_qwen2_vl"].simple_class_path == "mmq_eval.models.chat.MMQQwen2VL"  # lmms-eval's qwen2_vl is simple
+    assert manifests["mmq_blip2"].simple_class_path and manifests["mmq_blip2"].chat_class_path is None
     assert components_of("mmq_blip2") == ("vit", "qformer", "projector", "llm")
-    assert components_of("mmq_llava") == ("vit", "projector", "llm")
+    assert all(components_of(m) == ("vit", "projector", "llm") for m in lmms_models() if m != "mmq_blip2")
+
+
+@pytest.mark.parametrize(("arch", "variant"), CASES)
+def test_block_by_block_replay_equals_the_real_forward(arch, variant):
+    """The calibration's recorded inputs, advanced block by block, are what each block of every
+    stack really receives (Qwen2.5-VL's window / full attention blocks included)."""
+    model, _, batches = tiny(arch, variant)
+    for comp in resolve_arch(model).components:
+        for stack in comp.stacks:
+            seen: dict = {}
+            hooks = [model.get_submodule(b).register_forward_hook(
+                lambda m, a, o, b=b: seen.setdefault(b, []).append(block_output(o))) for b in stack.blocks]
+            with torch.no_grad():
+                model(**batches[0])
+            for h in hooks:
+                h.remove()
+            samples = capture_stack_inputs(model, stack, batches[:1])
+            for i, b in enumerate(stack.blocks):
+                outs = run_block(model.get_submodule(b), samples)
+                for got, want in zip(outs, seen[b]):  # exact; up to float rounding after a re-added delta
+                    assert torch.allclose(block_output(got), want, rtol=0, atol=1e-6), b
+                    assert torch.equal(block_output(got), want) or stack.added_between, b
+                if i + 1 < len(stack.blocks):
+                    samples = [advance(s, o, stack.carry, i + 1) for s, o in zip(samples, outs)]
+
+
+def test_per_block_arguments_are_needed_for_window_attention():
+    """Without Qwen2.5-VL's per-block cu_seqlens, the full-attention block would be replayed with
+    the window boundaries of block 0: the registry entry's per_block is what makes replay exact."""
+    model, _, batches = tiny("Qwen2_5_VLForConditionalGeneration", "tiny")
+    stack = resolve_arch(model).component("vit").stacks[0]
+    assert stack.per_block == ("cu_seqlens",)
+    samples = capture_stack_inputs(model, stack, batches[:1])
+    windows, full = samples[0].per_block[0]["cu_seqlens"], samples[0].per_block[1]["cu_seqlens"]
+    assert len(windows) > len(full)  # more, smaller attention segments in the window blocks
 
 
 # ---- a family from outside the package ---------------------------------------------------------
@@ -273,3 +329,13 @@ def test_a_fold_across_a_non_homogeneous_activation_cannot_happen(toy_family):
     assert ("up", ("down",)) not in [(m.prev, m.linears) for m in awq_mod.applicable_mappings(block, kind)]
     with pytest.raises(MMQConfigError, match="give activation= exactly when via='activation'"):
         ScaleMapping("up", ("down",), ACTIVATION)
+
+
+def test_deepstack_features_are_re_added_between_llm_layers():
+    """Qwen3-VL adds merged features of ViT blocks 0 and 1 after LLM layers 0 and 1: the capture
+    records them before layers 1 and 2 (nothing before layer 0), and replay adds them again."""
+    model, _, batches = tiny("Qwen3VLForConditionalGeneration", "tiny")
+    stack = resolve_arch(model).component("llm").stacks[0]
+    assert stack.added_between
+    added = capture_stack_inputs(model, stack, batches[:1])[0].added
+    assert [a is not None for a in added] == [False, True, True]

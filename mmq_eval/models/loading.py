@@ -9,6 +9,7 @@ import torch
 from transformers import AutoConfig, AutoProcessor
 
 from mmq_eval.errors import MMQConfigError
+from mmq_eval.models.image_only import allow_processors_without_torchvision
 
 EMBEDDED_PREFIX = "mmq:"
 
@@ -59,7 +60,8 @@ def architecture_of(source: str) -> str:
 
 
 def load_processor(source: str):
-    """Load the checkpoint's processor (image processor + tokenizer)."""
+    """Load the checkpoint's processor (image processor + tokenizer; image-only where torchvision is missing)."""
+    allow_processors_without_torchvision()
     try:
         return AutoProcessor.from_pretrained(source)
     except OSError as exc:

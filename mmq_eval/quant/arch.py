@@ -32,6 +32,8 @@ class Stack:
     single_call: bool = True
     mask_key: str | None = None
     reach_hint: str = ""
+    per_block: tuple[str, ...] = ()
+    added_between: bool = False
 
     @property
     def carry(self) -> str:
@@ -132,7 +134,7 @@ def _stack(model: nn.Module, fam: Family, sd: StackDef) -> Stack:
         )
     n = len(model.get_submodule(path))
     return Stack(tuple(f"{path}.{i}" for i in range(n)), BLOCK_KINDS[sd.kind], sd.single_call, sd.mask_key,
-                 sd.reach_hint)
+                 sd.reach_hint, sd.per_block, sd.added_between)
 
 
 def _component(model: nn.Module, fam: Family, cd: ComponentDef) -> Component:
@@ -142,7 +144,11 @@ def _component(model: nn.Module, fam: Family, cd: ComponentDef) -> Component:
     if missing:
         raise MMQConfigError(f"{fam.arch}: {cd.name} module {missing[0]} named by the registry is not in the "
                              "loaded model (fix the family's entry in mmq_eval/quant/families.py)")
-    return Component(cd.name, tuple(Stack((p,), PROJECTOR) for p in cd.modules), has_blocks=False,
+    paths = []
+    for p in cd.modules:  # a ModuleList stands for each of its members
+        mod = model.get_submodule(p)
+        paths += [f"{p}.{i}" for i in range(len(mod))] if isinstance(mod, nn.ModuleList) else [p]
+    return Component(cd.name, tuple(Stack((p,), PROJECTOR) for p in paths), has_blocks=False,
                      unexportable=cd.unexportable)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -25,11 +25,19 @@ class _StopForward(Exception):
 
 @dataclass
 class Sample:
-    """Arguments of one block call (bound by name) and the padding mask of its tokens."""
+    """Arguments of one block call (bound by name) and the padding mask of its tokens.
+
+    per_block: for stacks whose loop passes some arguments differently to each block
+    (``Stack.per_block``), those arguments of every block, in order. added: for stacks whose loop
+    adds to the hidden state between blocks (``Stack.added_between``), what it added before each
+    block (None where nothing).
+    """
 
     kwargs: dict
     mask: Tensor | None
     first_arg: str
+    per_block: list[dict] = field(default_factory=list)
+    added: list = field(default_factory=list)
 
 
 @contextmanager
@@ -76,19 +84,40 @@ def _token_mask(batch: dict, key: str | None, hidden: Tensor) -> Tensor | None:
 
 @torch.no_grad()
 def capture_stack_inputs(model: nn.Module, stack: Stack, batches: list[dict]) -> list[Sample]:
-    """Run the model on each batch and record every call of the stack's first block."""
-    first = model.get_submodule(stack.blocks[0])
+    """Run the model on each batch and record every call of the stack's first block (and, for a
+    stack with ``per_block`` arguments or ``added_between``, what every later block receives)."""
+    blocks = [model.get_submodule(b) for b in stack.blocks]
+    every_block = bool(stack.per_block) or stack.added_between
     samples: list[Sample] = []
     current: dict = {}
 
-    def hook(module, args, kwargs):
+    def first_hook(module, args, kwargs):
         bound, first_arg = _bind(module, args, kwargs)
         mask = _token_mask(current["batch"], stack.mask_key, bound[first_arg])
-        samples.append(Sample(bound, mask, first_arg))
-        if stack.single_call:
+        own = [{k: bound[k] for k in stack.per_block}] if stack.per_block else []
+        samples.append(Sample(bound, mask, first_arg, own, [None] if stack.added_between else []))
+        if stack.single_call and (not every_block or len(blocks) == 1):
             raise _StopForward
 
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    def later_hook(module, args, kwargs):
+        bound, first_arg = _bind(module, args, kwargs)
+        sample = samples[-1]
+        if stack.per_block:
+            sample.per_block.append({k: bound[k] for k in stack.per_block})
+        if stack.added_between:
+            added = bound[first_arg] - current["output"]
+            sample.added.append(added if bool(added.any()) else None)
+        if stack.single_call and module is blocks[-1]:
+            raise _StopForward
+
+    def output_hook(module, args, output):
+        current["output"] = block_output(output)
+
+    handles = [blocks[0].register_forward_pre_hook(first_hook, with_kwargs=True)]
+    if every_block:
+        handles += [b.register_forward_pre_hook(later_hook, with_kwargs=True) for b in blocks[1:]]
+    if stack.added_between:
+        handles += [b.register_forward_hook(output_hook) for b in blocks[:-1]]
     try:
         with caching_disabled(model):
             for batch in batches:
@@ -98,7 +127,8 @@ def capture_stack_inputs(model: nn.Module, stack: Stack, batches: list[dict]) ->
                 except _StopForward:
                     pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     if not samples:
         raise _never_run(stack, "")
     return samples
@@ -136,15 +166,22 @@ def block_output(output) -> Tensor:
     return output if isinstance(output, Tensor) else output[0]
 
 
-def advance(sample: Sample, output, carry: str) -> Sample:
-    """The next block's arguments: this block's output in place of its first argument."""
+def advance(sample: Sample, output, carry: str, next_block: int | None = None) -> Sample:
+    """The arguments of block `next_block` (an index in the stack): this block's output (plus what
+    the loop adds between the blocks, where it does) in place of the first argument, and that
+    block's own ``per_block`` arguments where the stack has them."""
     kwargs = dict(sample.kwargs)
-    kwargs[sample.first_arg] = block_output(output)
+    hidden = block_output(output)
+    if sample.added and next_block is not None and sample.added[next_block] is not None:
+        hidden = hidden + sample.added[next_block]
+    kwargs[sample.first_arg] = hidden
+    if sample.per_block and next_block is not None:
+        kwargs.update(sample.per_block[next_block])
     if carry == "t5":
         kwargs["position_bias"] = output[1]
         if output[2] is not None:
             kwargs["encoder_decoder_position_bias"] = output[2]
-    return Sample(kwargs, sample.mask, sample.first_arg)
+    return Sample(kwargs, sample.mask, sample.first_arg, sample.per_block, sample.added)
 
 
 class InputStats:

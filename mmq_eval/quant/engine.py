@@ -167,7 +167,7 @@ class _Run:
                     bar.set_postfix(max_out_err=f"{max(errs):.4f}")
                 if i < last:
                     outputs = run_block(block, samples)
-                    samples = [advance(s, o, stack.carry) for s, o in zip(samples, outputs)]
+                    samples = [advance(s, o, stack.carry, i + 1) for s, o in zip(samples, outputs)]
 
     def _quantize_block(self, block: nn.Module, block_path: str, kind, names: list[str], samples: list) -> None:
         """Collect the method's statistics from one forward of the block, then let it quantize the block."""

@@ -106,7 +106,12 @@ class StackDef:
     single_call: its first block runs once per model forward (input capture may stop there).
     mask_key: calibration-batch key of a (batch, tokens) padding mask aligned with its hidden
     states (padded tokens are left out of statistics). reach_hint: what a calibration batch
-    needs for this stack to run at all (said when it does not).
+    needs for this stack to run at all (said when it does not). per_block: keyword arguments
+    the loop passes differently to different blocks (Qwen2.5-VL's window vs full attention
+    ``cu_seqlens``): recorded for every block, not only the first. added_between: the loop adds
+    something to the hidden state between blocks (Qwen3-VL's deepstack visual features after the
+    first LLM layers): what it adds is recorded during capture (a block's input minus the previous
+    block's output) and added again when the blocks are replayed.
     """
 
     paths: tuple[str, ...]
@@ -114,11 +119,14 @@ class StackDef:
     single_call: bool = True
     mask_key: str | None = None
     reach_hint: str = ""
+    per_block: tuple[str, ...] = ()
+    added_between: bool = False
 
 
 @dataclass(frozen=True)
 class ComponentDef:
-    """A component: blocks in `stacks`, or (block-less, e.g. a projector) the Linears inside `modules`.
+    """A component: blocks in `stacks`, or (block-less, e.g. a projector) the Linears inside `modules`
+    (a ModuleList there stands for each of its modules, each run on its own inputs).
 
     unexportable: why a pack-quantized checkpoint cannot hold this component's quantized Linears
     (empty: it can).
@@ -149,7 +157,8 @@ class ByConfig:
 class Family:
     """Everything family-specific about one transformers class.
 
-    lmms_model / wrapper: the lmms-eval model id and its class path. excluded: output heads,
+    lmms_model / wrapper: the lmms-eval model id and its class path; chat: the wrapper is an
+    lmms-eval chat model (its requests carry chat messages). excluded: output heads,
     never quantized. feature_layer: (component, config attribute) when outputs are read at a
     hidden-state index of that component, so the blocks after it are unused (LLaVA).
     prompt: ``plain`` or ``chat`` (the processor's chat template with one image);
@@ -161,6 +170,7 @@ class Family:
     lmms_model: str
     wrapper: str
     components: tuple[ComponentDef | ByConfig, ...]
+    chat: bool = False
     excluded: tuple[str, ...] = ()
     feature_layer: tuple[str, str] | None = None
     prompt: str = "plain"
@@ -221,3 +231,8 @@ def components_of(lmms_model: str) -> tuple[str, ...]:
 def lmms_models() -> dict[str, str]:
     """lmms-eval model id -> wrapper class path, over every registered family."""
     return {fam.lmms_model: fam.wrapper for fam in FAMILIES.values()}
+
+
+def chat_models() -> set[str]:
+    """The lmms-eval model ids whose wrapper is a chat model."""
+    return {fam.lmms_model for fam in FAMILIES.values() if fam.chat}
