@@ -339,3 +339,18 @@ def test_deepstack_features_are_re_added_between_llm_layers():
     assert stack.added_between
     added = capture_stack_inputs(model, stack, batches[:1])[0].added
     assert [a is not None for a in added] == [False, True, True]
+
+
+def test_widths_that_do_not_divide_the_group_size_are_named():
+    """Qwen2.5-VL's vision MLP widths (3420 in the 7B) do not divide 128: such layers get per-channel
+    scales and the notes name them; an explicit group size that does not divide is refused by name."""
+    from mmq_eval.quant.plan import build_plan
+
+    model, _, _ = tiny("Qwen2_5_VLForConditionalGeneration", "tiny")  # vision widths 32 and 40 (down_proj)
+    plan = build_plan(model, QuantSpec.from_args({"method": "gptq", "vit_bits": 4}))
+    assert "vit: default group size 128 does not divide in_features=40 of mlp.down_proj (3 Linears); per channel instead" in plan.notes
+    assert all(f.group_size == 40 for n, f in plan.targets.items() if n.endswith("mlp.down_proj"))
+    plan = build_plan(model, QuantSpec.from_args({"method": "gptq", "vit_bits": 4, "group_size": 8}))
+    assert {f.group_size for f in plan.targets.values()} == {8}
+    with pytest.raises(MMQConfigError, match=r"group_size=16 does not divide the input width 40 of model\.visual\.blocks\.0\.mlp\.down_proj"):
+        build_plan(model, QuantSpec.from_args({"method": "gptq", "vit_bits": 4, "group_size": 16}))
