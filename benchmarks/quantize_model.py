@@ -1,9 +1,10 @@
-"""Whole-model quantization time (uniform / rtn / gptq / awq) of a saved BLIP-2, BLIP-2 ITM or LLaVA.
+"""Whole-model quantization time (uniform / rtn / gptq / awq) of a saved checkpoint of any registered family.
 
-Loads the checkpoint afresh for every run, builds synthetic calibration batches from its config
-(random pixels, random prompt tokens around the image placeholders), runs ``quantize_model`` and
-prints the median time of ``--repeats`` runs, bits per weight and the mean calibration output
-error per method.
+Loads the checkpoint afresh for every run, builds synthetic calibration batches (BLIP-2, BLIP-2
+ITM, LLaVA: from the config, random pixels and random prompt tokens around the image
+placeholders; other families: random-colour images and a chat prompt through the checkpoint's
+own processor), runs ``quantize_model`` and prints the median time of ``--repeats`` runs, the
+time per quantized Linear, bits per weight and the mean calibration output error per method.
 
     .venv/bin/python benchmarks/quantize_model.py [PATH] [--bits 4] [--calib-samples 32] [--repeats 3] [--threads 1]
 
@@ -32,21 +33,39 @@ DEFAULT_MODEL = ROOT / "mmq_eval" / "assets" / "shapes-blip2"
 def load(path: Path | None):
     """(model factory, description): a fresh model per call."""
     if path is not None and (path / "config.json").is_file():
-        from transformers import (
-            AutoConfig,
-            Blip2ForConditionalGeneration,
-            Blip2ForImageTextRetrieval,
-            LlavaForConditionalGeneration,
-        )
+        import transformers
+        from transformers import AutoConfig
 
-        classes = {c.__name__: c for c in (Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval,
-                                           LlavaForConditionalGeneration)}
         arch = (AutoConfig.from_pretrained(path).architectures or ["Blip2ForConditionalGeneration"])[0]
-        return (lambda: classes[arch].from_pretrained(path).eval()), f"{arch} from {path}"
+        return (lambda: getattr(transformers, arch).from_pretrained(path, dtype=torch.float32).eval()), f"{arch} from {path}"
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_models import make_tiny_blip2
 
     return (lambda: make_tiny_blip2(0, "opt")[0]), "tiny random BLIP-2 OPT (tests/tiny_models.py)"
+
+
+SYNTHETIC = ("Blip2ForConditionalGeneration", "Blip2ForImageTextRetrieval", "LlavaForConditionalGeneration")
+
+
+def processor_batches(path: Path, n_samples: int, batch_size: int = 8, seed: int = 0) -> list[dict]:
+    """Calibration batches from the checkpoint's processor: random-colour 64×64 images and a chat prompt."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from mmq_eval.models.image_only import allow_processors_without_torchvision
+
+    allow_processors_without_torchvision()
+    processor = AutoProcessor.from_pretrained(path)
+    g = torch.Generator().manual_seed(seed)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color is the circle ?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    batches = []
+    for start in range(0, n_samples, batch_size):
+        n = min(batch_size, n_samples - start)
+        images = [Image.new("RGB", (64, 64), tuple(int(v) for v in torch.randint(0, 256, (3,), generator=g)))
+                  for _ in range(n)]
+        batches.append(dict(processor(images=images, text=[f"{prompt} red"] * n, return_tensors="pt", padding=True)))
+    return batches
 
 
 def synthetic_batches(model, n_samples: int, batch_size: int = 8, text_len: int = 12, seed: int = 0) -> list[dict]:
@@ -90,7 +109,7 @@ def main():
     make, desc = load(args.path)
     print(f"{desc}; {args.bits}-bit all components; {args.calib_samples} calibration samples; "
           f"median of {args.repeats}; {args.threads} thread(s); torch {torch.__version__}")
-    print(f"{'method':>8} {'time s':>8} {'bpw':>7} {'linears':>8} {'mean out err':>13}")
+    print(f"{'method':>8} {'time s':>8} {'s/Linear':>9} {'bpw':>7} {'linears':>8} {'mean out err':>13}")
     for method in args.methods:
         params = {"method": method, "bits": args.bits}
         if method in ("gptq", "awq"):
@@ -98,13 +117,18 @@ def main():
         times = []
         for _ in range(args.repeats):
             model = make()
-            batches = synthetic_batches(model, args.calib_samples) if method in ("gptq", "awq") else None
+            batches = None
+            if method in ("gptq", "awq"):
+                batches = (synthetic_batches(model, args.calib_samples) if type(model).__name__ in SYNTHETIC
+                           else processor_batches(args.path, args.calib_samples))
             t = time.perf_counter()
             report = quantize_model(model, QuantSpec.from_args(params), batches, progress=False)
             times.append(time.perf_counter() - t)
         errs = [r.output_rel_err for r in report.layers if r.output_rel_err is not None]
         err = f"{statistics.fmean(errs):.4f}" if errs else "-"
-        print(f"{method:>8} {statistics.median(times):>8.2f} {report.bpw:>7.3f} {len(report.layers):>8} {err:>13}")
+        median = statistics.median(times)
+        print(f"{method:>8} {median:>8.2f} {median / len(report.layers):>9.4f} {report.bpw:>7.3f} "
+              f"{len(report.layers):>8} {err:>13}")
 
 
 if __name__ == "__main__":
