@@ -50,23 +50,25 @@ class PromptIds:
     """Token ids of chat-template prompts with the image token expanded (as the processor does).
 
     Every prompt starts with the same image prefix ``</s> USER : <image>*64 \\n``
-    (`prefix_len` tokens); the rest depends on the user text only.
+    (`prefix_len` tokens, up to the first `prefix_end`); the rest depends on the user text only.
+    Other chat families give their image-token count and the token that closes their prefix.
     """
 
-    def __init__(self, processor):
+    def __init__(self, processor, image_tokens: int = NUM_IMAGE_TOKENS, prefix_end: str = NEWLINE):
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self.image_tokens = image_tokens
         self._cache: dict[str, list[int]] = {}
-        newline = self.tokenizer.convert_tokens_to_ids(NEWLINE)
+        end = self.tokenizer.convert_tokens_to_ids(prefix_end)
         probe = self(CAPTION_INSTRUCTION)
-        self.prefix = probe[:probe.index(newline) + 1]
+        self.prefix = probe[:probe.index(end) + 1]
         self.prefix_len = len(self.prefix)
 
     def __call__(self, text: str) -> list[int]:
         if text not in self._cache:
             prompt = user_prompt(self.processor, text)
             image = self.processor.image_token
-            prompt = prompt.replace(image, image * NUM_IMAGE_TOKENS)
+            prompt = prompt.replace(image, image * self.image_tokens)
             ids = self.tokenizer(prompt)["input_ids"]
             if hasattr(self, "prefix") and ids[:self.prefix_len] != self.prefix:
                 raise ValueError(f"prompt for {text!r} does not start with the image prefix")
