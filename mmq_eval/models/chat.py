@@ -10,7 +10,12 @@ what lmms-eval's class computes.
 | ``mmq_qwen2_vl`` | ``qwen2_vl`` (simple) | Qwen2-VL |
 | ``mmq_qwen2_5_vl`` | ``qwen2_5_vl`` (chat) | Qwen2.5-VL |
 | ``mmq_qwen3_vl`` | ``qwen3_vl`` (chat) | Qwen3-VL |
-| ``mmq_hf`` | ``huggingface`` (chat) | every family of the registry it can load (Qwen2/2.5/3-VL, LLaVA-OneVision, LLaVA-NeXT, InternVL) |
+| ``mmq_llava_hf`` | ``llava_hf`` (chat) | LLaVA-OneVision, LLaVA-NeXT |
+| ``mmq_internvl_hf`` | ``internvl_hf`` (chat) | InternVL (-hf checkpoints) |
+
+lmms-eval's generic ``huggingface`` chat model is not among them: in 0.7.3 it loads
+``AutoModel`` (no ``generate``) for these configs and passes ``audios=`` to the processor, which
+transformers 5 refuses, so it cannot run any of them.
 
 Besides the lmms-eval class's own model args they take the quantization args (``method``,
 ``bits``, ``vit_bits``, ...) and ``calib_data``, ``quant_cache``, ``report_path``. On a machine
@@ -35,7 +40,7 @@ from lmms_eval.models.chat.qwen3_vl import Qwen3_VL  # noqa: E402
 from lmms_eval.models.simple.qwen2_vl import Qwen2_VL  # noqa: E402
 
 from mmq_eval.models.args import parse_wrapper_args, unknown_key_error  # noqa: E402
-from mmq_eval.models.loading import architecture_of, resolve_pretrained  # noqa: E402
+from mmq_eval.models.loading import resolve_pretrained  # noqa: E402
 from mmq_eval.models.quantizing import QuantizingModel, checkpoint_fingerprint, served_architecture  # noqa: E402
 from mmq_eval.quant import QUANT_ARG_KEYS, QuantSpec  # noqa: E402
 from mmq_eval.quant.plan import build_plan  # noqa: E402
@@ -48,9 +53,6 @@ OWN_KEYS = ("calib_data", "quant_cache", "report_path")
 class QuantizedLmmsModel(QuantizingModel):
     """Mixin placed before an lmms-eval model class: takes our args out, lets the lmms-eval class
     load the checkpoint, then quantizes what it loaded."""
-
-    #: True for a generic model that serves every registered family (not only those naming it)
-    serves_any_family = False
 
     def __init__(self, **kwargs) -> None:
         allow_processors_without_torchvision()
@@ -66,10 +68,7 @@ class QuantizedLmmsModel(QuantizingModel):
         self.args = parse_wrapper_args({"pretrained": pretrained, **own}, pretrained)
         self._require_calibration_data(spec)
         source = resolve_pretrained(pretrained)
-        if self.serves_any_family:
-            family(architecture_of(source))  # registered, or an error listing the registered ones
-        else:
-            served_architecture(type(self), pretrained, source)
+        served_architecture(type(self), pretrained, source)
         kwargs["pretrained"] = source
         if not torch.cuda.is_available():
             for key in ("device", "device_map"):
