@@ -34,7 +34,10 @@ EPILOG = """\
 Every finished configuration is appended as one JSON line to OUT/results.jsonl (or
 OUT/results.shardIofN.jsonl); rerunning the same command skips finished configurations, so a
 killed sweep resumes where it stopped. --launcher slurm submits --shards array tasks through
-submitit, all writing to OUT; without --wait it returns after submission.
+submitit, all writing to OUT; without --wait it returns after submission. A preempted array
+task is requeued, and one reaching --timeout-min is requeued up to --max-requeues times; either
+way it resumes from OUT (a configuration cut off half-way is evaluated again, finished ones are
+not).
 """
 
 
@@ -60,6 +63,9 @@ def register(subparsers) -> None:
     s.add_argument("--cpus-per-task", type=int, default=8)
     s.add_argument("--mem-gb", type=int, default=64)
     s.add_argument("--array-parallelism", type=int, default=64)
+    s.add_argument("--max-requeues", type=int, default=3, metavar="N",
+                   help="requeue a task that reaches --timeout-min at most N times, resuming from OUT "
+                   "(preempted tasks are always requeued; default: %(default)s)")
     s.add_argument("--wait", action="store_true", help="block until every array task has finished")
     p.set_defaults(func=handle)
 
@@ -86,7 +92,7 @@ def _slurm(args, sweep, out: Path) -> int:
     if args.slurm_partition:
         params["slurm_partition"] = args.slurm_partition
     try:
-        jobs = submit_array(sweep, out, args.shards, "slurm", **params)
+        jobs = submit_array(sweep, out, args.shards, "slurm", max_requeues=args.max_requeues, **params)
     except (RuntimeError, OSError) as err:  # no sbatch/srun here, or sbatch refused the job
         print(f"error: SLURM submission failed: {err}", file=sys.stderr)
         return 2
@@ -112,6 +118,8 @@ def handle(args) -> int:
             raise MMQConfigError("--shard is for the local launcher; with slurm use --shards N")
         if args.shards < 1:
             raise MMQConfigError("--shards must be >= 1")
+        if args.max_requeues < 0:
+            raise MMQConfigError("--max-requeues must be >= 0")
         sweep = build_sweep(spec, limit=args.limit)
     except MMQConfigError as err:
         print(f"error: {err}", file=sys.stderr)
