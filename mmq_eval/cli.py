@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = {
     "sweep": "mmq_eval.sweep.cli",
     "report": "mmq_eval.report.cli",
     "regress": "mmq_eval.regress",
+    "compare": "mmq_eval.report.compare",
     "prepare-data": "mmq_eval.data.prepare",
     "export": "mmq_eval.export.cli",
 }

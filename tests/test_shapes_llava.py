@@ -165,7 +165,7 @@ def shapes_llava_vqa():
                                "device": "cpu", "quant_cache": "none"}, ["mmq_shapes_vqa"], None)
 
     def accuracy(**quant_args):
-        bpw, results = evaluator(QuantSpec.from_args(quant_args))
+        bpw, results, _ = evaluator(QuantSpec.from_args(quant_args))
         return bpw, results["mmq_shapes_vqa"]["accuracy"]
 
     return accuracy

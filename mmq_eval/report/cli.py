@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from mmq_eval.errors import MMQConfigError
+from mmq_eval.report.bootstrap import DEFAULT_RESAMPLES
 from mmq_eval.sweep.store import load_records
-
 
 #: Below this cross-validated R² the importance tables carry a caution.
 TRUSTED_R2 = 0.5
@@ -22,10 +22,15 @@ def register(subparsers) -> None:
                     "importance PNG per task metric. Importance: a random forest predicts each "
                     "score from the configuration's features (component bits, block group, "
                     "layer type, method; categoricals one-hot); reported are its impurity "
-                    "importance, permutation importance, mean |SHAP| and 5-fold CV R².")
+                    "importance, permutation importance, mean |SHAP| and 5-fold CV R². Every "
+                    "configuration's difference to the sweep's full-precision configuration (Δ) "
+                    "gets a 95 % paired-bootstrap interval where per-document scores were kept "
+                    "(deltas.csv, the tables, error bars on the Pareto plots).")
     p.add_argument("results", help="results .jsonl file or a folder of them")
     p.add_argument("--out", default="report", metavar="DIR", help="output folder (default: report)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of forest, folds and permutations")
+    p.add_argument("--seed", type=int, default=0, help="random seed of forest, folds, permutations and bootstrap")
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, metavar="B",
+                   help=f"bootstrap resamples of the documents (default {DEFAULT_RESAMPLES}; 0: no intervals)")
     p.set_defaults(func=handle)
 
 
@@ -33,13 +38,23 @@ def _slug(column: str) -> str:
     return re.sub(r"[^\w.-]+", "_", column)
 
 
-def build_report(records: list[dict], out: Path, seed: int = 0) -> Path:
-    """Write every report file into ``out``; returns the Markdown report's path."""
+def build_report(records: list[dict], out: Path, seed: int = 0, per_doc: dict | None = None,
+                 resamples: int = DEFAULT_RESAMPLES) -> Path:
+    """Write every report file into ``out``; returns the Markdown report's path. ``per_doc``:
+    ``{config_id: {task: payload}}`` (``mmq_eval.sweep.per_doc``) for the intervals."""
     import pandas as pd  # the analysis stack loads only when a report is built
 
     from mmq_eval.report.importance import importance, plot_importance
     from mmq_eval.report.pareto import plot_pareto
-    from mmq_eval.report.table import flatten, markdown, score_columns, sort_rows, write_table
+    from mmq_eval.report.table import (
+        delta_markdown,
+        delta_table,
+        flatten,
+        markdown,
+        score_columns,
+        sort_rows,
+        write_table,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     df = sort_rows(flatten(records))
@@ -50,14 +65,21 @@ def build_report(records: list[dict], out: Path, seed: int = 0) -> Path:
     if no_effect:
         md.append(f"Without effect (they quantize only blocks that do not affect outputs, so they score as "
                   f"full precision while their bits count): {', '.join(no_effect)}.\n")
-    md += ["## Results\n", markdown(df), ""]
+    deltas, fp_id, intro = delta_table(records, per_doc or {}, resamples, seed)
+    md.append(intro)
+    if deltas is not None:
+        deltas.to_csv(out / "deltas.csv", index=False, float_format="%.6g")
+    md += ["## Results\n", markdown(_with_fp_column(df, deltas)), ""]
     importance_rows = []
     for column in score_columns(df):
         md.append(f"## {column}\n")
         pareto_png = out / f"pareto_{_slug(column)}.png"
-        front = plot_pareto(df, column, pareto_png)
+        intervals = None if deltas is None else deltas[deltas["score"] == column].set_index("config_id")
+        front = plot_pareto(df, column, pareto_png, intervals, fp_id)
         md += [f"![Pareto front]({pareto_png.name})\n", "Pareto front (lowest bpw first):\n",
                markdown(df.set_index("config_id").loc[front].reset_index()[["config_id", *features, "bpw", column]]), ""]
+        if intervals is not None:
+            md += [f"Difference to full precision ({fp_id}):\n", delta_markdown(df, intervals), ""]
         result = importance(df, features, column, seed)
         if result is None:
             md.append("No importance analysis: fewer than 4 configurations, no varying feature or a constant score.\n")
@@ -80,15 +102,33 @@ def build_report(records: list[dict], out: Path, seed: int = 0) -> Path:
     return path
 
 
+def _with_fp_column(df, deltas):
+    """The results table with "≈ FP": of the metrics with an interval, how many contain 0 ("FP":
+    the full-precision configuration itself)."""
+    if deltas is None or not deltas["ci_lo"].notna().any():
+        return df
+    with_ci = deltas[deltas["ci_lo"].notna()]
+    same = with_ci.assign(same=with_ci["indistinguishable"].astype(int)).groupby("config_id")["same"].agg(["sum", "count"])
+    cells = {cid: f"{int(row['sum'])}/{int(row['count'])}" for cid, row in same.iterrows()}
+    cells.update({cid: "FP" for cid in deltas.loc[deltas["vs_fp"] == "reference", "config_id"]})
+    return df.assign(**{"≈ FP": [cells.get(cid, "") for cid in df["config_id"]]})
+
+
 def handle(args) -> int:
     """Build the report; 2 when the results are missing or empty."""
+    from mmq_eval.sweep.per_doc import load_per_doc
+
+    resamples = getattr(args, "resamples", DEFAULT_RESAMPLES)
     try:
+        if resamples < 0:
+            raise MMQConfigError("--resamples must be >= 0")
         records = load_records(args.results)
         if not records:
             raise MMQConfigError(f"no finished configurations in {args.results}")
+        per_doc = load_per_doc(args.results, [r["config_id"] for r in records]) if resamples else {}
     except MMQConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    path = build_report(records, Path(args.out), args.seed)
+    path = build_report(records, Path(args.out), args.seed, per_doc, resamples)
     print(f"wrote {path} ({len(records)} configurations)")
     return 0

@@ -1,6 +1,7 @@
 """Evaluators: load the full-precision model once, then score one quantization spec per call.
 
-An evaluator is a callable ``evaluator(spec) -> (bpw, {task: {metric: value}})`` built by a
+An evaluator is a callable ``evaluator(spec) -> (bpw, {task: {metric: value}})``, or
+``(bpw, results, {task: per-document payload})`` (``mmq_eval.sweep.per_doc``), built by a
 factory ``factory(model: dict, tasks: list, limit: int | None)``; it may also have
 ``check(spec)``, the model-dependent validation run on every configuration before the first
 evaluation.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -65,15 +67,25 @@ class LmmsEvaluator:
 
         return build_plan(self.lm.model, spec).effective
 
-    def __call__(self, spec) -> tuple[float, dict]:
+    def __call__(self, spec) -> tuple[float, dict, dict]:
+        """Quantize, evaluate; bits per weight, corpus scores and per-document scores (from the
+        logged samples, which hold each document's ``process_results`` output)."""
         from lmms_eval.evaluator import simple_evaluate
+
+        from mmq_eval.sweep.per_doc import per_doc_of
 
         report = self.lm.apply_quant(spec)
         out = simple_evaluate(
             model=self.lm, tasks=self.tasks, task_manager=self.task_manager, limit=self.limit,
-            bootstrap_iters=0, log_samples=False, verbosity="WARNING",
+            bootstrap_iters=0, log_samples=True, verbosity="WARNING",
         )
-        return float(report.bpw), metrics_of(out["results"])
+        results = metrics_of(out["results"])
+        try:
+            per_doc = per_doc_of(out.get("samples") or {}, results)
+        except Exception as err:  # noqa: BLE001 - per-document scores must never cost an evaluation
+            warnings.warn(f"no per-document scores for this configuration: {type(err).__name__}: {err}", stacklevel=2)
+            per_doc = {}
+        return float(report.bpw), results, per_doc
 
 
 def make_evaluator(model: dict, tasks: list, limit: int | None) -> Evaluator:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.sweep.evaluate import make_evaluator
+from mmq_eval.sweep.per_doc import PerDocStore, sidecar_path
 from mmq_eval.sweep.spec import Sweep, shard_configs
 from mmq_eval.sweep.store import ResultStore, finished_ids, shard_path
 
@@ -28,12 +29,14 @@ class ShardSummary:
 
 def run_sweep(sweep: Sweep, out_dir: str | Path, shard: tuple[int, int] = (0, 1),
               progress: bool = True) -> ShardSummary:
-    """Evaluate this shard's unfinished configurations, appending one line to the results each."""
+    """Evaluate this shard's unfinished configurations, appending one line to the results each
+    (and, when the evaluator gives per-document scores, one to the sidecar ``per_doc/`` first)."""
     index, count = shard
     configs = shard_configs(sweep.configs, index, count)
     done = finished_ids(out_dir)
     todo = [c for c in configs if c.config_id not in done]
     store = ResultStore(shard_path(out_dir, index, count))
+    per_doc_store = PerDocStore(sidecar_path(store.path))
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), unit="cfg",
                desc=f"sweep {index}/{count}", disable=not progress, dynamic_ncols=True)
     evaluator = make_evaluator(sweep.model, sweep.tasks, sweep.limit) if todo else None
@@ -51,7 +54,9 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, shard: tuple[int, int] = (0, 1)
     for cfg in todo:
         bar.set_postfix_str(_describe(cfg.features), refresh=False)
         start = time.perf_counter()
-        bpw, results = evaluator(cfg.quant)
+        bpw, results, *rest = evaluator(cfg.quant)
+        if rest and rest[0]:
+            per_doc_store.append(cfg.config_id, rest[0])
         store.append({
             "config_id": cfg.config_id,
             "model": sweep.model["pretrained"],
