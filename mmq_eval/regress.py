@@ -75,7 +75,7 @@ def write_baseline(path: Path, records: list[dict], per_doc: dict) -> int:
     with_docs = [r["config_id"] for r in sorted(records, key=lambda r: r["config_id"]) if per_doc.get(r["config_id"])]
     store = PerDocStore(docs)
     for cid in with_docs:
-        store.append(cid, per_doc[cid])
+        store.add(cid, per_doc[cid])
     Path(str(docs) + ".lock").unlink(missing_ok=True)
     return len(with_docs)
 

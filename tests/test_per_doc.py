@@ -147,12 +147,12 @@ def test_sidecar_appends_once_and_survives_a_torn_line(tmp_path):
     assert path == tmp_path / "per_doc" / "results.jsonl"
     store = PerDocStore(path)
     assert not path.parent.exists()  # nothing written yet
-    assert store.append("aaa", {"t": {"doc_ids": {"range": [0, 2]}, "scores": {"m": [1, 0]}}})
-    assert not store.append("aaa", {"t": {"doc_ids": {"range": [0, 2]}, "scores": {"m": [0, 0]}}})
+    assert store.add("aaa", {"t": {"doc_ids": {"range": [0, 2]}, "scores": {"m": [1, 0]}}})
+    assert not store.add("aaa", {"t": {"doc_ids": {"range": [0, 2]}, "scores": {"m": [0, 0]}}})
     with open(path, "ab") as fh:
         fh.write(b'{"config_id": "bbb", "tasks": {"t": {"doc')  # a crash mid-write
     assert set(load_per_doc(tmp_path)) == {"aaa"}
-    assert store.append("bbb", {"t": {"scores": {"m": [1, 1]}}})
+    assert store.add("bbb", {"t": {"scores": {"m": [1, 1]}}})
     (tmp_path / "results.jsonl").write_text("")
     assert load_per_doc(tmp_path / "results.jsonl") == {
         "aaa": {"t": {"doc_ids": {"range": [0, 2]}, "scores": {"m": [1, 0]}}}, "bbb": {"t": {"scores": {"m": [1, 1]}}}}

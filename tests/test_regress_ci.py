@@ -37,7 +37,7 @@ def _write(folder, acc, cider_shift=0.0):
     (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     store = PerDocStore(sidecar_path(folder / "results.jsonl"))
     for cid, tasks in docs.items():
-        store.append(cid, tasks)
+        store.add(cid, tasks)
     return folder
 
 

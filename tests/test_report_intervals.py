@@ -65,7 +65,7 @@ def write_sweep(folder, records, per_doc):
     (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     store = PerDocStore(sidecar_path(folder / "results.jsonl"))
     for cid, tasks in per_doc.items():
-        store.append(cid, tasks)
+        store.add(cid, tasks)
     return folder
 
 

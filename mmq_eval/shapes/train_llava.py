@@ -211,17 +211,18 @@ def train(out: Path, seed: int, budget: Budget, batch_size: int, vqa_fraction: f
     return save_trained(out, model, processor, run, budget, record)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None, description: str, per_image: int, lr: float) -> argparse.Namespace:
+    """The command line of the packed chat-model training scripts (this one and train_qwen2vl)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes", type=float, default=10.0, help="training budget in CPU minutes of this process")
     ap.add_argument("--steps", type=int, default=None,
                     help="fixed step count (overrides --minutes)")
     ap.add_argument("--batch-size", type=int, default=16, help="images (packed rows) per step")
-    ap.add_argument("--per-image", type=int, default=6,
+    ap.add_argument("--per-image", type=int, default=per_image,
                     help="single-turn examples packed per image (behind one shared image prefix)")
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=lr)
     ap.add_argument("--vqa-fraction", type=float, default=0.6,
                     help="share of examples that are questions (the rest are captions)")
     ap.add_argument("--caption-mix", type=float, default=0.0,
@@ -230,7 +231,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="torch threads (1 avoids thrashing when another job shares 2 cores)")
     ap.add_argument("--eval-size", type=int, default=200,
                     help="test captions to score (VQA questions: 2.5x as many)")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv, __doc__.splitlines()[0], per_image=6, lr=2e-3)
     budget = Budget(peak_lr=a.lr, warmup=WARMUP_STEPS, steps=a.steps, minutes=a.minutes, log_every=50)
     train(a.out, a.seed, budget, a.batch_size, a.vqa_fraction, a.caption_mix, a.per_image,
           a.eval_size, a.threads)

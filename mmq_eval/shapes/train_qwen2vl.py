@@ -16,7 +16,6 @@ from the prefix, so each packed example is exactly its own single-turn sequence.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
@@ -33,7 +32,7 @@ from mmq_eval.shapes.qwen2vl_model import (
     build_qwen2vl_processor,
     build_shapes_qwen2vl,
 )
-from mmq_eval.shapes.train_llava import PromptIds, evaluate, training_batch
+from mmq_eval.shapes.train_llava import PromptIds, evaluate, parse_args, training_batch
 from mmq_eval.shapes.training import Budget, fit, save_trained
 
 WARMUP_STEPS = 50
@@ -122,25 +121,7 @@ def train(out: Path, seed: int, budget: Budget, batch_size: int, vqa_fraction: f
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--minutes", type=float, default=10.0, help="training budget in CPU minutes of this process")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="fixed step count (overrides --minutes)")
-    ap.add_argument("--batch-size", type=int, default=16, help="images (packed rows) per step")
-    ap.add_argument("--per-image", type=int, default=8,
-                    help="single-turn examples packed per image (behind one shared image prefix)")
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--vqa-fraction", type=float, default=0.6,
-                    help="share of examples that are questions (the rest are captions)")
-    ap.add_argument("--caption-mix", type=float, default=0.0,
-                    help="probability of training on a random reference instead of the canonical")
-    ap.add_argument("--threads", type=int, default=2,
-                    help="torch threads (1 avoids thrashing when another job shares 2 cores)")
-    ap.add_argument("--eval-size", type=int, default=200,
-                    help="test captions to score (VQA questions: 2.5x as many)")
-    a = ap.parse_args(argv)
+    a = parse_args(argv, __doc__.splitlines()[0], per_image=8, lr=3e-3)
     budget = Budget(peak_lr=a.lr, warmup=WARMUP_STEPS, steps=a.steps, minutes=a.minutes, log_every=50)
     train(a.out, a.seed, budget, a.batch_size, a.vqa_fraction, a.caption_mix, a.per_image,
           a.eval_size, a.threads)

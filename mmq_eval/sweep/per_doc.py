@@ -28,9 +28,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from filelock import FileLock
-
 from mmq_eval.report.bootstrap import DocStat, mean_stat, ratio_stat
+from mmq_eval.sweep.store import ResultStore
 
 SUBDIR = "per_doc"
 KS = (1, 5, 10)
@@ -199,39 +198,25 @@ def _line_id(raw: bytes) -> str | None:
     return match.group(1).decode() if match else None
 
 
-class PerDocStore:
-    """Append-only sidecar, one line per configuration (the results store's guarantees)."""
+class PerDocStore(ResultStore):
+    """Append-only sidecar, one line per configuration, with the results store's guarantees; its
+    folder appears with the first line, and a present configuration is found by its id alone
+    (the payloads are not parsed)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._lock: FileLock | None = None  # the folder appears with the first line
+        self._lock = None
 
-    def append(self, config_id: str, tasks: dict) -> bool:
+    def _contains(self, config_id: str) -> bool:
+        return any(_line_id(raw) == config_id for raw in _lines(self.path))
+
+    def _line(self, record: dict) -> bytes:
+        return (json.dumps(record, separators=(",", ":")).replace('{"config_id":', '{"config_id": ', 1)
+                + "\n").encode()
+
+    def add(self, config_id: str, tasks: dict) -> bool:
         """Write the configuration's payloads; False (nothing written) if it has a line already."""
-        if self._lock is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = FileLock(str(self.path) + ".lock")
-        line = (json.dumps({"config_id": config_id, "tasks": tasks}, separators=(",", ":"))
-                .replace('{"config_id":', '{"config_id": ', 1) + "\n").encode()
-        with self._lock:
-            if self.path.exists():
-                data = self.path.read_bytes()
-                if data and not data.endswith(b"\n"):  # a crash mid-write: drop the torn tail
-                    with open(self.path, "r+b") as fh:
-                        fh.truncate(data.rfind(b"\n") + 1)
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                if any(_line_id(raw) == config_id for raw in _lines(self.path)):
-                    return False
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                written = 0
-                while written < len(line):
-                    written += os.write(fd, line[written:])
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return True
+        return self.append({"config_id": config_id, "tasks": tasks})
 
 
 def _sidecar_files(path: Path) -> list[Path]:

@@ -56,7 +56,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, shard: tuple[int, int] = (0, 1)
         start = time.perf_counter()
         bpw, results, *rest = evaluator(cfg.quant)
         if rest and rest[0]:
-            per_doc_store.append(cfg.config_id, rest[0])
+            per_doc_store.add(cfg.config_id, rest[0])
         store.append({
             "config_id": cfg.config_id,
             "model": sweep.model["pretrained"],

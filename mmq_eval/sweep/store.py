@@ -84,14 +84,21 @@ class ResultStore:
                 fh.flush()
                 os.fsync(fh.fileno())
 
+    def _contains(self, config_id: str) -> bool:
+        return any(r.get("config_id") == config_id for r in _complete_lines(self.path))
+
+    def _line(self, record: dict) -> bytes:
+        return (json.dumps(record) + "\n").encode()
+
     def append(self, record: dict) -> bool:
         """Write ``record`` as one line; False (nothing written) if its config_id is present."""
-        line = (json.dumps(record) + "\n").encode()
+        if self._lock is None:  # a subclass that creates its folder with the first line
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = FileLock(str(self.path) + ".lock")
+        line = self._line(record)
         with self._lock:
             self._truncate_torn_tail()
-            if self.path.exists() and any(
-                r.get("config_id") == record["config_id"] for r in _complete_lines(self.path)
-            ):
+            if self.path.exists() and self._contains(record["config_id"]):
                 return False
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
