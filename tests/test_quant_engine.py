@@ -284,8 +284,6 @@ def test_cache_loads_instead_of_requantizing(tmp_path, monkeypatch):
 def test_a_component_shared_with_an_earlier_spec_is_reused(tmp_path, monkeypatch):
     """GPTQ on ViT + LLM, then the same ViT with another LLM width: the ViT is not calibrated
     again, and the result equals a run without the cache."""
-    from mmq_eval.quant import engine
-
     first = QuantSpec.from_args({"method": "gptq", "vit_bits": 3, "llm_bits": 4, "calib_samples": 8})
     second = QuantSpec.from_args({"method": "gptq", "vit_bits": 3, "llm_bits": 2, "calib_samples": 8})
     model, batches = tiny("opt")

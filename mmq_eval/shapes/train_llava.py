@@ -183,32 +183,46 @@ def evaluate(model, processor, n_captions: int = 200, n_questions: int = 500) ->
     }
 
 
-def train(out: Path, seed: int, budget: Budget, batch_size: int, vqa_fraction: float,
-          caption_mix: float, per_image: int, eval_size: int, threads: int = 2) -> dict:
-    """Run training and evaluation; save model, processor and training.json into `out`."""
+def train_packed(out: Path, seed: int, budget: Budget, batch_size: int, eval_size: int, threads: int,
+                 build, record: dict) -> dict:
+    """The packed chat-model training run shared by this script and train_qwen2vl: seed, build,
+    fit, evaluate, save model, processor and training.json (``record`` plus run settings and scores).
+
+    ``build(seed)`` returns (processor, model, make_batch), ``make_batch(start, size, rng)`` a
+    training batch of packed rows.
+    """
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    processor = build_llava_processor()
-    model = build_shapes_llava(processor.tokenizer, seed)
+    processor, model, make_batch = build(seed)
     model.train()
-    prompt_ids = PromptIds(processor)
     opt = torch.optim.AdamW(model.parameters(), lr=budget.peak_lr, weight_decay=0.01, betas=(0.9, 0.98))
 
     def step_loss(step: int):
-        batch = training_batch(prompt_ids, step * batch_size, batch_size, rng, vqa_fraction,
-                               caption_mix, per_image)
-        loss = model(**batch).loss
+        loss = model(**make_batch(step * batch_size, batch_size, rng)).loss
         return loss, f"loss {loss.item():.4f}"
 
     run = fit(model.parameters(), opt, step_loss, budget)
     metrics = evaluate(model, processor, n_captions=eval_size,
                        n_questions=max(5, int(eval_size * 2.5)))
     print(json.dumps(metrics), flush=True)
-    record = {"architecture": "LlavaForConditionalGeneration", "seed": seed, "batch_size": batch_size,
-              "vqa_fraction": vqa_fraction, "caption_mix": caption_mix,
-              "examples_per_image": per_image, "threads": threads, "eval": {"split": "test", **metrics}}
+    record = {"architecture": type(model).__name__, "seed": seed, "batch_size": batch_size, **record,
+              "threads": threads, "eval": {"split": "test", **metrics}}
     return save_trained(out, model, processor, run, budget, record)
+
+
+def train(out: Path, seed: int, budget: Budget, batch_size: int, vqa_fraction: float,
+          caption_mix: float, per_image: int, eval_size: int, threads: int = 2) -> dict:
+    """Run training and evaluation; save model, processor and training.json into `out`."""
+    def build(seed: int):
+        processor = build_llava_processor()
+        prompt_ids = PromptIds(processor)
+        return processor, build_shapes_llava(processor.tokenizer, seed), (
+            lambda start, size, rng: training_batch(prompt_ids, start, size, rng, vqa_fraction, caption_mix,
+                                                    per_image))
+
+    return train_packed(out, seed, budget, batch_size, eval_size, threads, build,
+                        {"vqa_fraction": vqa_fraction, "caption_mix": caption_mix, "examples_per_image": per_image})
 
 
 def parse_args(argv: list[str] | None, description: str, per_image: int, lr: float) -> argparse.Namespace:

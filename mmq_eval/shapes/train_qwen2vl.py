@@ -16,7 +16,6 @@ from the prefix, so each packed example is exactly its own single-turn sequence.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -32,8 +31,8 @@ from mmq_eval.shapes.qwen2vl_model import (
     build_qwen2vl_processor,
     build_shapes_qwen2vl,
 )
-from mmq_eval.shapes.train_llava import PromptIds, evaluate, parse_args, training_batch
-from mmq_eval.shapes.training import Budget, fit, save_trained
+from mmq_eval.shapes.train_llava import PromptIds, parse_args, train_packed, training_batch
+from mmq_eval.shapes.training import Budget
 
 WARMUP_STEPS = 50
 
@@ -93,31 +92,18 @@ def qwen2vl_batch(prompt_ids: PromptIds, prefix: torch.Tensor, start: int, size:
 def train(out: Path, seed: int, budget: Budget, batch_size: int, vqa_fraction: float,
           caption_mix: float, per_image: int, eval_size: int, threads: int = 2) -> dict:
     """Run training and evaluation; save model, processor and training.json into `out`."""
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    processor = build_qwen2vl_processor()
-    model = build_shapes_qwen2vl(processor.tokenizer, seed)
-    model.train()
-    prompt_ids = prompt_ids_for(processor)
-    prefix = prefix_positions(model, prompt_ids)
-    opt = torch.optim.AdamW(model.parameters(), lr=budget.peak_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    def build(seed: int):
+        processor = build_qwen2vl_processor()
+        model = build_shapes_qwen2vl(processor.tokenizer, seed)
+        prompt_ids = prompt_ids_for(processor)
+        prefix = prefix_positions(model, prompt_ids)
+        return processor, model, (
+            lambda start, size, rng: qwen2vl_batch(prompt_ids, prefix, start, size, rng, vqa_fraction,
+                                                   caption_mix, per_image))
 
-    def step_loss(step: int):
-        batch = qwen2vl_batch(prompt_ids, prefix, step * batch_size, batch_size, rng,
-                              vqa_fraction, caption_mix, per_image)
-        loss = model(**batch).loss
-        return loss, f"loss {loss.item():.4f}"
-
-    run = fit(model.parameters(), opt, step_loss, budget)
-    metrics = evaluate(model, processor, n_captions=eval_size,
-                       n_questions=max(5, int(eval_size * 2.5)))
-    print(json.dumps(metrics), flush=True)
-    record = {"architecture": "Qwen2VLForConditionalGeneration", "seed": seed,
-              "batch_size": batch_size, "vqa_fraction": vqa_fraction, "caption_mix": caption_mix,
-              "examples_per_image": per_image, "threads": threads,
-              "image_tokens": NUM_IMAGE_TOKENS, "eval": {"split": "test", **metrics}}
-    return save_trained(out, model, processor, run, budget, record)
+    return train_packed(out, seed, budget, batch_size, eval_size, threads, build,
+                        {"vqa_fraction": vqa_fraction, "caption_mix": caption_mix, "examples_per_image": per_image,
+                         "image_tokens": NUM_IMAGE_TOKENS})
 
 
 def main(argv: list[str] | None = None) -> None:
