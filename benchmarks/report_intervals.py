@@ -23,27 +23,17 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from sweep_vs_separate import run  # wall seconds of a command, its output tail on failure
 
 SPEC = {"model": {"pretrained": "mmq:shapes-blip2", "batch_size": 16, "device": "cpu", "quant_cache": "none"},
         "tasks": ["mmq_shapes_cap", "mmq_shapes_vqa"], "fixed": {"method": "uniform"},
         "grid": {"vit_bits": [16, 4, 2], "qformer_bits": [16, 4, 2], "llm_bits": [16, 4, 2]}}
-
-
-def run(cmd: list[str], env: dict) -> float:
-    """Wall seconds of ``cmd``; raises with its output tail on failure."""
-    start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    return elapsed
 
 
 def eval_overhead(rounds: int) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_shapes_llava import answer  # generation as the lmms-eval wrapper does it
 from transformers import AutoProcessor, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
 from mmq_eval.models.image_only import allow_processors_without_torchvision
@@ -25,16 +26,6 @@ from mmq_eval.shapes.training import pixel_values
 from mmq_eval.shapes.world import Scene, Shape, make_scene, render
 
 ASSET = Path(__file__).resolve().parents[1] / "mmq_eval" / "assets" / "shapes-qwen2vl"
-
-
-def answer(model, processor, images, texts, max_new_tokens=5) -> list[str]:
-    """As an lmms-eval wrapper does: chat template, left padding, greedy, new tokens only."""
-    prompts = [user_prompt(processor, t) for t in texts]
-    inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new = out[:, inputs["input_ids"].shape[1]:]
-    return [a.strip() for a in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
 def load(path: Path, monkeypatch):

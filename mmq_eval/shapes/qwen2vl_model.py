@@ -36,6 +36,7 @@ from mmq_eval.shapes.llava_model import (
     CHAT_WORDS,
     NEWLINE,
     VQA_INSTRUCTION,
+    user_prompt,  # the same one-image user turn, through this processor's template
 )
 from mmq_eval.shapes.tokenizer import PUNCTUATION
 from mmq_eval.shapes.world import IMAGE_SIZE, vocabulary
@@ -148,12 +149,6 @@ def build_qwen2vl_processor(tokenizer: PreTrainedTokenizerFast | None = None) ->
         video_processor=ImageOnlyVideoProcessor(),
         chat_template=QWEN2VL_CHAT_TEMPLATE,
     )
-
-
-def user_prompt(processor, text: str) -> str:
-    """The chat-template prompt for one user turn (one image, then `text`) and the assistant cue."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
 def shapes_qwen2vl_config(tokenizer: PreTrainedTokenizerFast, **overrides: dict) -> Qwen2VLConfig:
