@@ -1,11 +1,11 @@
 """Regression gate, ``--mode ci``: a metric regresses only when the whole interval of its drop
 lies above the tolerance; the baseline keeps per-document scores beside it."""
 
-import argparse
 import json
 
 import numpy as np
 import pytest
+from test_regress import _run  # mmq-eval regress through its own parser
 
 from mmq_eval import regress
 from mmq_eval.report.bootstrap import paired_bootstrap_means
@@ -39,13 +39,6 @@ def _write(folder, acc, cider_shift=0.0):
     for cid, tasks in docs.items():
         store.add(cid, tasks)
     return folder
-
-
-def _run(baseline, results, *extra):
-    parser = argparse.ArgumentParser()
-    regress.register(parser.add_subparsers())
-    args = parser.parse_args(["regress", "--baseline", str(baseline), "--results", str(results), *extra])
-    return args.func(args)
 
 
 @pytest.fixture
