@@ -14,13 +14,15 @@ GATE_MODE ?= $(if $(wildcard .ci/regression_baseline.per_doc.jsonl),ci,tolerance
 install: $(VENV)/.installed
 
 # torch first, from the local CPU wheel: any other torch spec can pull a multi-GB CUDA build.
-# PyPI's torchvision cannot import beside the CPU torch and breaks lmms-eval: remove it.
+# PyPI's torchvision (even 0.28.0, made for torch 2.13) is built against CUDA torch: beside the CPU
+# torch it cannot load its operators and breaks lmms-eval; timm then breaks `accelerate launch`,
+# which imports it. Neither is used by our models: remove both.
 $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c .ci/constraints.txt -e ".[test,export]"
-	$(PY) -m pip uninstall --quiet -y torchvision
+	$(PY) -m pip uninstall --quiet -y torchvision timm
 	touch $@
 
 demo: install
