@@ -281,7 +281,8 @@ def run(args, arch: str) -> dict:
         report = quantize_model(model, spec, batches, progress=False)
     f["quantized_linears"] = len(report.layers)
     f["bpw"] = report.bpw
-    f["gptq_component_s"] = {k: v for k, v in report.timings.items() if k != "total"}
+    f["gptq_component_s"] = {k: v for k, v in report.timings.items() if k != "total" and "/" not in k}
+    f["gptq_stage_s"] = report.stage_timings()
     f["gpu_peak_through_gptq"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
     gen = to_device(make_batches(model, args.gen_batch, batch_size=args.gen_batch, text_len=8, seed=1)[0],

@@ -17,6 +17,12 @@ plus the identity, chosen by the group's output MSE on calibration inputs.
 Shaped like ``gptq``: `AWQStats` gathers a block's statistics, `quantize_block` searches and folds
 the scales (`search_scale` returns the scale, `fold_scale` applies it), then searches clip values
 and rounds each Linear, returning its codes, scales and zero points.
+
+Cost: the scale search runs on SCALE_SEARCH_TOKENS evenly spaced stored input rows (as llm-awq
+subsamples), the whole grid in batched matmuls chunked to stay within SEARCH_BYTES of temporaries.
+The clip search scores every clip value of a (row, group) through that group's Gram matrix XᵀX
+(gs × gs) of all stored rows, so its cost does not grow with the token count; the reported output
+error uses all stored rows.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ from mmq_eval.quant.formats import (
     QuantizedWeight,
     fake_quantize,
     qparams_from_range,
-    quantize_codes,
     rtn_quantize,
 )
 from mmq_eval.quant.gptq import relative_output_error
@@ -42,8 +47,9 @@ from mmq_eval.quant.registry import ACTIVATION, NORM, BlockKind, ScaleMapping
 SCALE_GRID = 20
 CLIP_GRID = 20
 CLIP_MAX_SHRINK = 0.5
-SCALE_TOKENS = 4096
-CLIP_TOKENS = 512
+SCALE_TOKENS = 4096  # input rows stored per Linear (the output error is measured on them)
+SCALE_SEARCH_TOKENS = 1024  # of those, evenly spaced, for the scale search
+SEARCH_BYTES = 1 << 29  # temporaries of one batched grid step
 #: Activations through which a scale folds exactly (positively homogeneous: f(x/s) = f(x)/s for s > 0).
 HOMOGENEOUS = (nn.ReLU, nn.Identity)
 
@@ -67,8 +73,9 @@ class AWQStats:
         self.rows[name].append(x)
 
     def inputs(self) -> dict[str, Tensor]:
-        """Recorded input rows of each Linear the calibration reached."""
-        return {n: torch.cat(r)[:SCALE_TOKENS] for n, r in self.rows.items() if r}
+        """Recorded input rows of each Linear the calibration reached (handed over: not kept here)."""
+        rows, self.rows = self.rows, {}
+        return {n: torch.cat(r)[:SCALE_TOKENS] for n, r in rows.items() if r}
 
     def x_mean(self, name: str) -> Tensor:
         return self.abs_sum[name] / self.count[name]
@@ -115,6 +122,23 @@ def applicable_mappings(block: nn.Module, kind: BlockKind) -> list[ScaleMapping]
     return out
 
 
+def foldable_parameters(model: nn.Module, plan) -> list[str]:
+    """Full names of the parameters (besides targeted weights) AWQ may fold scales into under
+    `plan` (a ``QuantPlan``): those of each applicable mapping's preceding norm or Linear, in the
+    blocks with targets."""
+    out = []
+    for comp in plan.arch.components:
+        for stack in comp.stacks:
+            for path in stack.blocks:
+                if not plan.targets_in_block(path):
+                    continue
+                block = model.get_submodule(path)
+                for m in applicable_mappings(block, stack.kind):
+                    prev = block.get_submodule(m.prev)
+                    out += [f"{path}.{m.prev}.{n}" for n, _ in prev.named_parameters(recurse=False)]
+    return list(dict.fromkeys(out))
+
+
 def _w_mean(W: Tensor, group_size: int) -> Tensor:
     """Mean over rows of |W| normalised by each (row, group)'s max: the weight side of the AWQ scale."""
     rows, cols = W.shape
@@ -125,27 +149,61 @@ def _w_mean(W: Tensor, group_size: int) -> Tensor:
 
 
 def _quant(W: Tensor, fmt: LayerFormat) -> Tensor:
-    return fake_quantize(W, fmt.bits, fmt.group_size, fmt.sym)
+    """Quantize–dequantize the last two dims (out, in) of W, batched over any leading dims; grouped
+    formats give exactly `fake_quantize`'s values."""
+    if fmt.per_tensor:
+        return torch.stack([fake_quantize(w, fmt.bits, 0, fmt.sym) for w in W.reshape(-1, *W.shape[-2:])]
+                           ).reshape(W.shape)
+    Wg = W.reshape(*W.shape[:-1], W.shape[-1] // fmt.group_size, fmt.group_size)
+    scale, zero = qparams_from_range(Wg.amin(-1).clamp(max=0), Wg.amax(-1).clamp(min=0), fmt.bits, fmt.sym)
+    scale, zero = scale.unsqueeze(-1), zero.unsqueeze(-1)
+    Q = torch.div(Wg, scale)  # then in place (one buffer): quantize_codes' and rtn's arithmetic
+    Q.round_().add_(zero).clamp_(0, 2**fmt.bits - 1).sub_(zero).mul_(scale)
+    return Q.reshape(W.shape)
+
+
+def evenly(X: Tensor, n: int) -> Tensor:
+    """At most `n` rows of X, evenly spaced over all of them."""
+    if X.shape[0] <= n:
+        return X
+    return X[torch.linspace(0, X.shape[0] - 1, n, device=X.device).long()]
+
+
+def grid_scales(x_mean: Tensor, w_mean: Tensor) -> Tensor:
+    """The scale of every grid ratio α = k / SCALE_GRID: s = x_meanᵅ / w_meanᵅ⁻¹, normalised; (SCALE_GRID, in)."""
+    out = []
+    for k in range(SCALE_GRID):
+        alpha = k / SCALE_GRID
+        s = (x_mean.pow(alpha) / w_mean.pow(1 - alpha).clamp(min=1e-4)).clamp(min=1e-4)
+        out.append(s / torch.sqrt(s.max() * s.min()))
+    return torch.stack(out)
+
+
+def scale_losses(W: Tensor, X: Tensor, ref: Tensor, scales: Tensor, fmt: LayerFormat) -> Tensor:
+    """Output MSE of W quantized under each scale (rows of `scales`): batched over the grid, in
+    chunks of grid points whose quantized weights and outputs fit SEARCH_BYTES."""
+    per_point = 12 * (W.numel() + ref.numel())  # float32: ~3 live temporaries of each size
+    chunk = max(1, SEARCH_BYTES // per_point)
+    losses = []
+    for k0 in range(0, scales.shape[0], chunk):
+        s = scales[k0:k0 + chunk, None, :]  # (k, 1, in)
+        Q = _quant(W * s, fmt).div_(s)  # (k, out, in)
+        losses.append(torch.matmul(X, Q.transpose(1, 2)).sub_(ref).pow_(2).mean((1, 2)))
+    return torch.cat(losses)
 
 
 @torch.no_grad()
 def search_scale(weights: list[Tensor], X: Tensor, x_mean: Tensor, fmt: LayerFormat) -> Tensor | None:
-    """Best per-input-channel scale for Linears sharing input X, or None when no scaling is best."""
+    """Best per-input-channel scale for Linears sharing input X (searched on SCALE_SEARCH_TOKENS of
+    its rows), or None when no scaling beats none."""
     W = torch.cat([w.float() for w in weights], 0)
-    X = X.float()
+    X = evenly(X.float(), SCALE_SEARCH_TOKENS)
     ref = X @ W.t()
-    w_mean = _w_mean(W, fmt.group_size)
-    best_loss = torch.mean((X @ _quant(W, fmt).t() - ref) ** 2).item()
-    best = None
-    for k in range(SCALE_GRID):
-        alpha = k / SCALE_GRID
-        s = (x_mean.pow(alpha) / w_mean.pow(1 - alpha).clamp(min=1e-4)).clamp(min=1e-4)
-        s = s / torch.sqrt(s.max() * s.min())
-        Q = _quant(W * s, fmt) / s
-        loss = torch.mean((X @ Q.t() - ref) ** 2).item()
-        if loss < best_loss:
-            best_loss, best = loss, s
-    return best
+    scales = grid_scales(x_mean, _w_mean(W, fmt.group_size))
+    losses = scale_losses(W, X, ref, scales, fmt)
+    unscaled = torch.mean((X @ _quant(W, fmt).t() - ref) ** 2)
+    k = int(torch.argmin(losses))  # the first of equal minima, as a strict-improvement loop picks
+    return scales[k] if losses[k] < unscaled else None
 
 
 @torch.no_grad()
@@ -174,47 +232,53 @@ def fold_scale(block: nn.Module, mapping: ScaleMapping, s: Tensor) -> list[str]:
     return changed
 
 
+def clip_shrinks() -> Tensor:
+    """The clip grid: 1 − i / CLIP_GRID for i < CLIP_MAX_SHRINK · CLIP_GRID (1 first)."""
+    return torch.tensor([1 - i / CLIP_GRID for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID))])
+
+
 @torch.no_grad()
 def search_clip(W: Tensor, X: Tensor, fmt: LayerFormat) -> Tensor:
-    """Per (row, group) clip value max|w|·(1 − i/20), i < 10, minimising that group's output MSE."""
+    """Per (row, group) clip value max|w|·(1 − i/20), i < 10, minimising that group's output squared
+    error on the rows of X, (q − w)ᵀ X_gᵀX_g (q − w): every clip value of a chunk of rows in one
+    batched matmul against the groups' Gram matrices."""
     W = W.float()
     rows, cols = W.shape
     gs = fmt.group_size or cols
     G = cols // gs
-    X = X.float()[: CLIP_TOKENS]
-    Xg = X.reshape(-1, G, gs).permute(1, 0, 2)  # (G, n, gs)
-    chunk = max(1, (1 << 25) // max(1, G * X.shape[0]))
+    Xg = X.float().reshape(-1, G, gs).transpose(0, 1)  # (G, n, gs)
+    gram = torch.bmm(Xg.transpose(1, 2), Xg)  # (G, gs, gs)
+    shrinks = clip_shrinks().to(W.device)
+    k = shrinks.numel()
+    chunk = max(1, SEARCH_BYTES // (16 * k * cols))  # rows whose k quantized copies (and temporaries) fit
     best_max = torch.empty(rows, G, device=W.device)
     for r0 in range(0, rows, chunk):
         Wg = W[r0:r0 + chunk].reshape(-1, G, gs)  # (r, G, gs)
-        ref = torch.bmm(Xg, Wg.permute(1, 2, 0))  # (G, n, r)
-        org = Wg.abs().amax(-1)  # (r, G)
-        best_err = torch.full_like(org, float("inf"))
-        best = org.clone()
-        for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID)):
-            m = org * (1 - i / CLIP_GRID)
-            Q = _clipped_quant(Wg, m, fmt)
-            err = ((torch.bmm(Xg, Q.permute(1, 2, 0)) - ref) ** 2).mean(1).t()  # (r, G)
-            better = err < best_err
-            best_err[better], best[better] = err[better], m[better]
-        best_max[r0:r0 + chunk] = best
+        r = Wg.shape[0]
+        m = Wg.abs().amax(-1) * shrinks[:, None, None]  # (k, r, G)
+        D = _clipped_quant(Wg.expand(k, -1, -1, -1), m, fmt).sub_(Wg)  # (k, r, G, gs)
+        D = D.permute(2, 0, 1, 3).reshape(G, k * r, gs)
+        err = torch.bmm(D, gram).mul_(D).sum(-1).reshape(G, k, r)
+        best_max[r0:r0 + chunk] = m.gather(0, err.argmin(1).t()[None])[0]  # the first minimum, as a loop keeps
     return best_max
 
 
 def _clipped_codes(Wg: Tensor, max_val: Tensor, fmt: LayerFormat) -> tuple[Tensor, Tensor, Tensor]:
-    """(codes, scale, zero) of grouped weights (r, G, gs) after clamping each group to ±max_val;
-    scale and zero are (r, G, 1)."""
+    """(codes, scale, zero) of grouped weights (r, G, gs) — or any leading dims — after clamping each
+    group to ±max_val; scale and zero are (r, G, 1). One buffer, worked in place: the values of
+    ``quantize_codes`` on the clamped weights."""
     m = max_val.unsqueeze(-1)
-    Wc = torch.maximum(torch.minimum(Wg, m), -m)
+    Wc = torch.minimum(Wg, m)
+    torch.maximum(Wc, -m, out=Wc)
     scale, zero = qparams_from_range(Wc.amin(-1).clamp(max=0), Wc.amax(-1).clamp(min=0), fmt.bits, fmt.sym)
     scale, zero = scale.unsqueeze(-1), zero.unsqueeze(-1)
-    return quantize_codes(Wc, scale, zero, 2**fmt.bits - 1), scale, zero
+    return Wc.div_(scale).round_().add_(zero).clamp_(0, 2**fmt.bits - 1), scale, zero
 
 
 def _clipped_quant(Wg: Tensor, max_val: Tensor, fmt: LayerFormat) -> Tensor:
     """Quantize–dequantize grouped weights (r, G, gs) after clamping each group to ±max_val."""
     codes, scale, zero = _clipped_codes(Wg, max_val, fmt)
-    return scale * (codes - zero)
+    return codes.sub_(zero).mul_(scale)
 
 
 def quantize_with_clip(W: Tensor, max_val: Tensor | None, fmt: LayerFormat) -> QuantizedWeight:
@@ -228,6 +292,18 @@ def quantize_with_clip(W: Tensor, max_val: Tensor | None, fmt: LayerFormat) -> Q
                         fmt.bits, fmt.sym)
     q.weight = (scale * (codes - zero)).reshape(rows, cols)
     return q
+
+
+def output_error(W: Tensor, Q: Tensor, X: Tensor) -> float:
+    """‖X(Q − W)ᵀ‖² / ‖X Wᵀ‖² over the rows of X (as gptq's `relative_output_error` from XᵀX), by
+    whichever route costs fewer operations: through XᵀX (n·in² + 2·out·in²) or X directly (2·n·in·out)."""
+    n, (rows, cols) = X.shape[0], W.shape
+    if n * cols + 2 * rows * cols < 2 * n * rows:
+        return relative_output_error(W, Q, X.t() @ X)
+    W, Q = W.float(), Q.float()
+    num = torch.sum((X @ (Q - W).t()) ** 2)
+    den = torch.sum((X @ W.t()) ** 2)
+    return float(num / den) if den > 0 else 0.0
 
 
 def rows_per_call(total_tokens: int, calls: int) -> int:
@@ -267,7 +343,8 @@ def quantize_block(block: nn.Module, block_path: str, kind: BlockKind, targets: 
         W = block.get_submodule(r).weight.detach()
         clip = search_clip(W, X[name], fmt) if r not in kind.qk else None
         q = quantize_with_clip(W, clip, fmt)
-        H = X[name].t() @ X[name]
-        result.quantized[name] = (q, {"output_rel_err": relative_output_error(W, q.weight, H),
+        err = output_error(W, q.weight, X[name])
+        q.weight = None  # dequantized again when set: a block's float copies are never all held
+        result.quantized[name] = (q, {"output_rel_err": err,
                                       "awq_scaled": r in scaled, "awq_clipped": clip is not None})
     return result

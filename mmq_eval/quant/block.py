@@ -11,11 +11,12 @@ from mmq_eval.quant.formats import QuantizedWeight
 class BlockResult:
     """One block's outcome.
 
-    quantized: full Linear name -> (its QuantizedWeight with ``weight`` set, extra LayerRecord
-    fields such as ``output_rel_err``). unseen: targeted Linears the calibration inputs never
-    reached (the engine rounds them to nearest and says so). changed: other parameters the
-    method changed (AWQ's folds into norms and preceding Linears). unscaled: AWQ, Linears (paths
-    relative to the block) that got no input scale.
+    quantized: full Linear name -> (its QuantizedWeight, extra LayerRecord fields such as
+    ``output_rel_err``); ``weight`` may be None (the engine dequantizes the codes when it sets
+    the Linear), so that a block's dequantized float copies are not all held at once. unseen:
+    targeted Linears the calibration inputs never reached (the engine rounds them to nearest and
+    says so). changed: other parameters the method changed (AWQ's folds into norms and preceding
+    Linears). unscaled: AWQ, Linears (paths relative to the block) that got no input scale.
     """
 
     quantized: dict[str, tuple[QuantizedWeight, dict]] = field(default_factory=dict)

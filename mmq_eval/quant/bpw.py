@@ -27,6 +27,7 @@ from torch import nn
 
 from mmq_eval.quant.arch import block_group
 from mmq_eval.quant.formats import LayerFormat
+from mmq_eval.quant.offload import parameter_shapes
 from mmq_eval.quant.plan import QuantPlan
 
 FULL_BITS = 16
@@ -53,18 +54,19 @@ def bits_per_weight(model: nn.Module, targets: dict[str, LayerFormat]) -> BpwSum
     """Exact bits per weight of `model` when the Linears in `targets` are stored in their formats."""
     weights = {f"{name}.weight": fmt for name, fmt in targets.items()}
     total_params = quant_params = total_bits = meta = 0
-    for pname, p in model.named_parameters():  # named_parameters() skips tied duplicates
-        n = p.numel()
+    shapes = parameter_shapes(model)  # tied duplicates once; offloaded weights are not read
+    for pname, shape in shapes.items():
+        n = shape.numel()
         total_params += n
         fmt = weights.get(pname)
         if fmt is None:
             total_bits += FULL_BITS * n
             continue
-        out_f, in_f = p.shape
+        out_f, in_f = shape
         quant_params += n
         total_bits += fmt.bits * n
         meta += metadata_bits(fmt, out_f, in_f)
-    missing = set(weights) - {n for n, _ in model.named_parameters()}
+    missing = set(weights) - set(shapes)
     if missing:
         raise ValueError(f"quantized weights not among the model's parameters: {sorted(missing)[:3]}")
     return BpwSummary(

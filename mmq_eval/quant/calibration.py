@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.quant.arch import Stack
+from mmq_eval.quant.finite import check_inputs
 
 
 class _StopForward(Exception):
@@ -199,6 +200,7 @@ class InputStats:
                 x = x[self.mask]
             else:
                 x = x.reshape(-1, x.shape[-1])
+            check_inputs(name, x)
             self._on_input(name, x)
         return hook
 

@@ -12,9 +12,9 @@ are kept on the report (``QuantReport.qweights``).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from mmq_eval.errors import MMQConfigError
 from mmq_eval.quant.block import BlockResult
 from mmq_eval.quant.bpw import bits_per_weight, coverage, coverage_dicts
 from mmq_eval.quant.cache import QuantCache, batches_fingerprint, cache_key, component_key, weights_fingerprint
+from mmq_eval.quant.fingerprint import state_digests
 from mmq_eval.quant.calibration import (
     InputStats,
     advance,
@@ -33,10 +34,12 @@ from mmq_eval.quant.calibration import (
     check_reached,
     run_block,
 )
+from mmq_eval.quant.finite import check_result, check_weight
 from mmq_eval.quant.formats import QuantizedWeight, quantize_weight
 from mmq_eval.quant.methods import METHOD_TABLE
+from mmq_eval.quant.offload import onloaded, write_back, write_parameter
 from mmq_eval.quant.plan import QuantPlan, build_plan
-from mmq_eval.quant.report import LayerRecord, QuantReport
+from mmq_eval.quant.report import LayerRecord, QuantReport, stage_key
 from mmq_eval.quant.spec import QuantSpec
 from mmq_eval.quant.threads import one_cpu_thread
 
@@ -72,9 +75,9 @@ class _Run:
         lin = self.model.get_submodule(name)
         W = lin.weight.detach()
         fmt, li = self.plan.targets[name], self.plan.info(name)
+        check_result(name, self.spec.method, q)
         err = _rel_err(W, q.weight)
-        with torch.no_grad():
-            lin.weight.copy_(q.weight.to(W.dtype))
+        write_parameter(lin, "weight", q.weight)
         self.qweights[name] = q.compact()
         self.records[name] = LayerRecord(name, li.component, li.block, li.role, fmt.bits, fmt.group_size,
                                          fmt.sym, err, fallback=fmt.fallback, **extra)
@@ -88,11 +91,15 @@ class _Run:
         for name, fmt in tqdm(self.plan.targets.items(), desc=f"{self.spec.method} quantization",
                               disable=not self.progress):
             W = self.model.get_submodule(name).weight.detach()
+            check_weight(name, W)
             self.set_weight(name, self.method.quantize_weight(W, fmt))
 
     # ---- calibrated methods -----------------------------------------------------------------
 
     def sequential(self, batches: list[dict], timings: dict) -> None:
+        """Calibrate (or restore from the cache) each component; `timings` gets seconds per component
+        and, per calibrated component, per stage (``STAGES``) under ``"<component>/<stage>"``."""
+        self.timings = timings
         check_reached(self.model, [s for c in self.plan.arch.components for s in c.stacks
                                    if any(self.plan.targets_in_block(b) for b in s.blocks)], batches[0])
         entries = self._component_entries(batches) if self.component_cache else {}
@@ -103,8 +110,7 @@ class _Run:
                 continue
             t0 = time.perf_counter()
             entry = entries.get(comp.name)
-            if entry is not None and entry.exists():
-                self._restore(comp.name, entry)
+            if entry is not None and self._restore(comp.name, entry):
                 self.reused.append(comp.name)
             else:
                 mark = (len(self.changed), len(self.notes))
@@ -119,18 +125,24 @@ class _Run:
 
     def _component_entries(self, batches: list[dict]) -> dict[str, QuantCache]:
         """Per component with targets, its cache entry, keyed by its targets and all upstream ones
-        (fingerprints taken now, before any weight changes)."""
+        and by every full-precision weight except those of the components after it (fingerprints
+        taken now, before any weight changes)."""
         cache_dir, model_id = self.component_cache
         batches_fp = batches_fingerprint(batches)  # hashes every calibration tensor: once per call
-        entries, upstream = {}, {}
-        for comp in self.plan.arch.components:
+        digests = state_digests(self.model)  # every byte of every weight: once per call
+        components = self.plan.arch.components
+        entries, upstream = {}, set()
+        for i, comp in enumerate(components):
+            upstream.add(comp.name)
             names = [n for n in self.plan.targets if self.plan.info(n).component == comp.name]
             if not names:
                 continue
-            upstream[comp.name] = weights_fingerprint(self.model, names)
+            later = {c.name for c in components[i + 1:]}
+            downstream = tuple(b for c in components[i + 1:] for b in c.blocks) + tuple(
+                li.name for li in self.plan.arch.linears if li.component in later)
             formats = {n: [f.bits, f.group_size, f.sym] for n, f in self.plan.targets.items()
                        if self.plan.info(n).component in upstream}
-            key = component_key(model_id, self.spec, formats, json.dumps(upstream, sort_keys=True), batches_fp)
+            key = component_key(model_id, self.spec, formats, weights_fingerprint(digests, downstream), batches_fp)
             entries[comp.name] = QuantCache(Path(cache_dir) / "components", key)
         return entries
 
@@ -142,8 +154,13 @@ class _Run:
         entry.save(self.model, list(dict.fromkeys(changed)),
                    {"changed": changed, "notes": notes, "records": records, "awq_unscaled": unscaled}, qweights)
 
-    def _restore(self, component: str, entry: QuantCache) -> None:
-        record, qweights = entry.load(self.model)
+    def _restore(self, component: str, entry: QuantCache) -> bool:
+        """Load the component from its entry; False on a miss or an unusable entry (deleted, with a
+        warning), the model then untouched."""
+        loaded = entry.load(self.model)
+        if loaded is None:
+            return False
+        record, qweights = loaded
         self.changed += record["changed"]
         self.notes += record["notes"]
         self.records.update({r["name"]: LayerRecord(**r) for r in record["records"]})
@@ -151,43 +168,67 @@ class _Run:
         self.awq_unscaled.update({(component, rel): n for rel, n in record["awq_unscaled"]})
         self.notes.append(f"{component}: {self.spec.method} weights reused from the quantization cache "
                           "(same targets, same components before it, same calibration)")
+        return True
 
     def _calibrate_component(self, comp, stacks, batches: list[dict]) -> None:
         """Quantize one component's targets block by block on its recorded calibration inputs."""
         for stack, with_targets in stacks:
-            samples = capture_stack_inputs(self.model, stack, batches)
+            with self._stage(comp.name, "capture"):
+                samples = capture_stack_inputs(self.model, stack, batches)
             last = with_targets[-1]
             bar = tqdm(stack.blocks[: last + 1], desc=f"{self.spec.method} {comp.name}", disable=not self.progress)
             for i, block_path in enumerate(bar):
                 block = self.model.get_submodule(block_path)
                 names = self.plan.targets_in_block(block_path)
-                if names:
-                    self._quantize_block(block, block_path, stack.kind, names, samples)
-                    errs = [self.records[n].output_rel_err or 0.0 for n in names]
-                    bar.set_postfix(max_out_err=f"{max(errs):.4f}")
-                if i < last:
-                    outputs = run_block(block, samples)
-                    samples = [advance(s, o, stack.carry, i + 1) for s, o in zip(samples, outputs)]
+                with onloaded(block):  # an offloaded model's block: read once, held until done
+                    if names:
+                        self._quantize_block(block, block_path, stack.kind, names, samples, comp.name)
+                        errs = [self.records[n].output_rel_err or 0.0 for n in names]
+                        bar.set_postfix(max_out_err=f"{max(errs):.4f}")
+                    if i < last:
+                        with self._stage(comp.name, "propagate"):
+                            for j, sample in enumerate(samples):  # replaced one by one: one copy of the inputs
+                                samples[j] = advance(sample, run_block(block, [sample])[0], stack.carry, i + 1)
+            del samples  # before the next stack's capture
 
-    def _quantize_block(self, block: nn.Module, block_path: str, kind, names: list[str], samples: list) -> None:
+    @contextmanager
+    def _stage(self, component: str, stage: str):
+        """Add the body's seconds to ``timings["<component>/<stage>"]``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = stage_key(component, stage)
+            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
+
+    def _quantize_block(self, block: nn.Module, block_path: str, kind, names: list[str], samples: list,
+                        component: str) -> None:
         """Collect the method's statistics from one forward of the block, then let it quantize the block."""
         modules = {n: self.model.get_submodule(n) for n in names}
-        stats = self.method.statistics(modules, len(samples))
-        hooks = InputStats(modules, stats.add)
-        try:
-            run_block(block, samples, hooks)
-        finally:
-            hooks.remove()
-        result: BlockResult = self.method.quantize_block(
-            block, block_path, kind, {n: self.plan.targets[n] for n in names}, stats, self.spec)
-        self.changed += result.changed
-        self.notes += result.notes
-        for name in names:
-            if name in result.quantized:
-                q, extra = result.quantized[name]
-                self.set_weight(name, q, **extra)
-            else:
-                self._unseen(name)
+        for name, module in modules.items():
+            check_weight(name, module.weight)
+        with self._stage(component, "statistics"):
+            stats = self.method.statistics(modules, len(samples))
+            hooks = InputStats(modules, stats.add)
+            try:
+                for sample in samples:  # outputs dropped as they come: only the statistics are wanted
+                    run_block(block, [sample], hooks)
+            finally:
+                hooks.remove()
+        with self._stage(component, "solve"):
+            result: BlockResult = self.method.quantize_block(
+                block, block_path, kind, {n: self.plan.targets[n] for n in names}, stats, self.spec)
+            write_back(self.model, result.changed)  # AWQ's in-place folds, through an offload
+            self.changed += result.changed
+            self.notes += result.notes
+            for name in names:
+                if name in result.quantized:
+                    q, extra = result.quantized.pop(name)  # dropped once set: one float copy at a time
+                    if q.weight is None:
+                        q.weight = q.dequantize()
+                    self.set_weight(name, q, **extra)
+                else:
+                    self._unseen(name)
         for name in result.unscaled:
             key = (self.plan.info(name).component, self.plan.info(name).relative_name)
             self.awq_unscaled[key] = self.awq_unscaled.get(key, 0) + 1
@@ -205,11 +246,21 @@ def _small_on_cpu(model: nn.Module, plan: QuantPlan) -> bool:
     return small and next(model.parameters()).device.type == "cpu"
 
 
+class CalibrationBatches(list):
+    """Calibration batches (dicts of tensors) with ``provenance``: where their examples came from
+    (``source``, ``ids_sha256``: the sha256 of the sorted sample ids), for the report."""
+
+    def __init__(self, batches: list[dict], provenance: dict) -> None:
+        super().__init__(batches)
+        self.provenance = provenance
+
+
 def _calibration_info(batches: list[dict] | None) -> dict | None:
+    """``QuantReport.calibration``: the batches' provenance (a ``CalibrationBatches``), batch and sample counts."""
     if not batches:
         return None
     sizes = [next((v.shape[0] for v in b.values() if isinstance(v, torch.Tensor)), 0) for b in batches]
-    return {"batches": len(batches), "samples": sum(sizes)}
+    return {**getattr(batches, "provenance", {}), "batches": len(batches), "samples": sum(sizes)}
 
 
 def quantize_model(
@@ -225,8 +276,9 @@ def quantize_model(
     """Quantize `model` in place per `spec` (weights replaced by dequantized values, same dtype).
 
     calib_batches: dicts of tensors that ``model(**batch)`` accepts, already on the model's device;
-    required for gptq / awq. With `cache_dir`, results are stored under a key of model id, spec and
-    calibration, and a later identical call loads them instead of quantizing again; gptq / awq
+    required for gptq / awq. With `cache_dir`, results are stored under a key of model id, spec,
+    calibration and every byte of the full-precision weights, and a later identical call loads
+    them (verified first; see ``mmq_eval.quant.cache``) instead of quantizing again; gptq / awq
     store each component apart, so a call that shares a component and everything before it (in
     pipeline order) with an earlier one reuses that component. `plan`: `build_plan(model, spec)`
     when the caller has it already.
@@ -245,10 +297,11 @@ def quantize_model(
         if spec.needs_calibration:  # one entry per component (see _Run.sequential)
             component_cache = (cache_dir, model_id)
         else:
-            fp = weights_fingerprint(model, list(plan.targets))
+            fp = weights_fingerprint(state_digests(model))
             cache = QuantCache(cache_dir, cache_key(model_id, spec, fp))
-            if cache.exists():
-                record, qweights = cache.load(model)
+            loaded = cache.load(model)  # None on a miss or an unusable entry (deleted, with a warning)
+            if loaded is not None:
+                record, qweights = loaded
                 report = QuantReport.from_dict(record)
                 report.cached, report.qweights = True, qweights
                 return report

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mmq_eval.quant.block import BlockResult, relative
+from mmq_eval.quant.finite import NonFiniteResult
 from mmq_eval.quant.formats import LayerFormat, QuantizedWeight, group_qparams, quantize_codes
 from mmq_eval.quant.threads import one_cpu_thread
 
@@ -34,7 +35,8 @@ class HessianAccumulator:
         self.count += x.shape[0]
 
     def hessian(self) -> Tensor:
-        return self.sum * (2.0 / max(self.count, 1))
+        """H, scaled in place (no second (in, in) matrix): the accumulator is spent."""
+        return self.sum.mul_(2.0 / max(self.count, 1))
 
 
 class HessianStats:
@@ -58,17 +60,23 @@ def inverse_hessian_factor(H: Tensor, damp: float, name: str = "layer") -> tuple
     """Upper Cholesky factor U of (H + λI)⁻¹ (Uᵀ U = H⁻¹), λ = damp · mean(diag H).
 
     A non-positive-definite H is retried with 10× the damping, with a warning, up to
-    MAX_DAMP_RETRIES times.
+    MAX_DAMP_RETRIES times. A non-finite H (its inputs overflowed float32) is a failed run, blamed on `name`.
     """
+    if not bool(torch.isfinite(H).all()):
+        raise NonFiniteResult(f"GPTQ {name}: the Hessian of its calibration inputs holds NaN/Inf "
+                              "(inputs too large to accumulate in float32)")
     mean_diag = torch.mean(torch.diag(H))
     idx = torch.arange(H.shape[0], device=H.device)
     for retry in range(MAX_DAMP_RETRIES + 1):
         Hd = H.clone()
         Hd[idx, idx] += damp * mean_diag
         L, info = torch.linalg.cholesky_ex(Hd)
+        del Hd  # at most two (in, in) work matrices besides H at any time
         if info == 0:
             Hinv = torch.cholesky_inverse(L)
+            del L
             U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            del Hinv
             if info == 0:
                 return U, damp, retry
         if retry < MAX_DAMP_RETRIES:
@@ -99,14 +107,16 @@ def gptq_quantize(
     """
     dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
     W = W.detach().to(dtype, copy=True)
-    H = H.detach().to(dtype, copy=True)
+    H = H.detach().to(dtype)  # copied below only where changed: the caller's H stays as given
     rows, cols = W.shape
     maxq = 2**bits - 1
     grouped = group_size < cols
 
     dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
+    if bool(dead.any()):
+        H = H.clone()
+        H[dead, dead] = 1
+        W[:, dead] = 0
 
     if not grouped:
         scale, zero = group_qparams(W, bits, cols, sym)  # (rows, 1)
@@ -117,7 +127,7 @@ def gptq_quantize(
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
         W = W[:, perm]
-        H = H[perm][:, perm]
+        H = H[perm[:, None], perm]
     order = perm.tolist() if perm is not None else range(cols)  # original index of each column
 
     U, damp_used, retries = inverse_hessian_factor(H, damp, name)
@@ -126,7 +136,7 @@ def gptq_quantize(
     # Work on Wᵀ so that a column of W is a contiguous row: the per-column updates stay in cache.
     WT = W.t().contiguous()
     del W
-    codes = torch.empty_like(WT)
+    codes = torch.empty(WT.shape, dtype=torch.uint8, device=WT.device)  # integers in [0, maxq]
     group_scales, group_zeros = [], []  # dynamic groups, in processing order
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -166,7 +176,7 @@ def gptq_quantize(
         codes = codes[:, inv]
         if grouped and not static_groups:  # groups are runs of the permuted order
             g_idx = inv // group_size
-    qweight = QuantizedWeight(codes.to(torch.uint8), scale, zero, group_size, bits, sym, g_idx)
+    qweight = QuantizedWeight(codes, scale, zero, group_size, bits, sym, g_idx)
     qweight.weight = qweight.dequantize()
     return GPTQResult(qweight, damp_used, retries)
 
@@ -195,6 +205,7 @@ def quantize_block(block: nn.Module, block_path: str, kind, targets: dict[str, L
                             static_groups=spec.static_groups, damp=spec.damp, name=name)
         if res.retries:
             result.notes.append(f"{name}: Hessian not positive definite; damping raised to {res.damp:g}")
-        result.quantized[name] = (res.qweight, {"output_rel_err": relative_output_error(W, res.qweight.weight, H),
-                                                "damp": res.damp})
+        err = relative_output_error(W, res.qweight.weight, H)
+        res.qweight.weight = None  # dequantized again when set: a block's float copies are never all held
+        result.quantized[name] = (res.qweight, {"output_rel_err": err, "damp": res.damp})
     return result

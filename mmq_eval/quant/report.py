@@ -6,6 +6,16 @@ import dataclasses
 import statistics
 from dataclasses import asdict, dataclass, field
 
+#: Stages of layer-sequential calibration timed per component: the stack's input capture, the
+#: forward that gathers each block's statistics, the method's solve (with setting the weights),
+#: and the forward of the quantized block that makes the next block's inputs.
+STAGES = ("capture", "statistics", "solve", "propagate")
+
+
+def stage_key(component: str, stage: str) -> str:
+    """The ``QuantReport.timings`` key of one component's seconds in one stage."""
+    return f"{component}/{stage}"
+
 
 @dataclass
 class LayerRecord:
@@ -38,6 +48,7 @@ class QuantReport:
     layers: list[LayerRecord]
     notes: list[str] = field(default_factory=list)
     folded: list[str] = field(default_factory=list)  # non-target parameters AWQ scales were folded into
+    #: seconds: per component, "total", and per calibrated component per stage (`stage_key`)
     timings: dict = field(default_factory=dict)
     calibration: dict | None = None
     cached: bool = False
@@ -60,6 +71,11 @@ class QuantReport:
                 d["output_rel_err_max"] = max(outs)
             out[comp] = d
         return out
+
+    def stage_timings(self) -> dict[str, dict[str, float]]:
+        """Per calibrated component, its seconds per stage (``STAGES`` order; stages it never ran: 0)."""
+        comps = dict.fromkeys(k.split("/", 1)[0] for k in self.timings if "/" in k)
+        return {c: {s: self.timings.get(stage_key(c, s), 0.0) for s in STAGES} for c in comps}
 
     def to_dict(self) -> dict:
         """JSON-able form (without the tensors of ``qweights``)."""
@@ -102,7 +118,16 @@ class QuantReport:
             if "output_rel_err_mean" in e:
                 s += f", output rel. error mean {e['output_rel_err_mean']:.4f} max {e['output_rel_err_max']:.4f}"
             lines.append(s)
+        if self.calibration:
+            c = self.calibration
+            lines.append(f"calibration: {c['samples']} samples in {c['batches']} batches"
+                         + (f" from {c['source']} (sample ids sha256 {c['ids_sha256'][:16]})" if "source" in c else "")
+                         + (f"; WARNING: {c['warning']}" if c.get("warning") else ""))
         if self.timings:
-            lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+            stages = self.stage_timings()
+            lines.append("time: " + ", ".join(
+                f"{k} {v:.1f}s" + (" (" + ", ".join(f"{s} {t:.1f}" for s, t in stages[k].items()) + ")"
+                                   if k in stages else "")
+                for k, v in self.timings.items() if "/" not in k))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)

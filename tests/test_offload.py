@@ -1,0 +1,87 @@
+"""Quantizing a disk-offloaded model: blocks are onloaded one at a time, each read once, and the
+result equals quantizing the model in memory."""
+
+from collections import Counter
+
+import pytest
+import torch
+from compressed_tensors.offload.cache.disk import DiskCache
+from quant_tiny import blip2_batches, llava_batches, make_tiny_blip2, make_tiny_llava
+from transformers import Blip2ForConditionalGeneration, LlavaForConditionalGeneration
+
+from mmq_eval.quant import QuantSpec, quantize_model
+from mmq_eval.quant.offload import is_offloaded, load_disk_offloaded
+
+LLM_LAYERS = "model.language_model.layers."
+
+
+@pytest.fixture
+def onloads(monkeypatch):
+    """The offload caches (one per module) tensors were read from, in order of reading."""
+    caches = []
+    original = DiskCache.onload
+
+    def onload(self, offloaded):
+        if offloaded is not None:
+            caches.append(id(self))
+        return original(self, offloaded)
+
+    monkeypatch.setattr(DiskCache, "onload", onload)
+    return caches
+
+
+def _read_modules(model, caches: list[int]) -> list[str]:
+    """The modules whose offloaded tensors `caches` read, in order."""
+    owner = {id(m._parameters): name for name, m in model.named_modules() if is_offloaded(m)}
+    return [owner[c] for c in caches if c in owner]
+
+
+def _offloaded_copy(model, model_class, tmp_path):
+    model.save_pretrained(tmp_path / "checkpoint")
+    return load_disk_offloaded(model_class, tmp_path / "checkpoint", tmp_path / "offload")
+
+
+def _llm_block(module: str) -> int | None:
+    return int(module[len(LLM_LAYERS):].split(".")[0]) if module.startswith(LLM_LAYERS) else None
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_offloaded_llava_quantizes_block_by_block_to_the_in_memory_result(method, tmp_path, onloads):
+    model, _ = make_tiny_llava(0)
+    batches = llava_batches(model.config)
+    offloaded = _offloaded_copy(model, LlavaForConditionalGeneration, tmp_path)
+    assert is_offloaded(offloaded.get_submodule(LLM_LAYERS + "0.mlp.down_proj"))
+    spec = QuantSpec.from_args({"method": method, "llm_bits": 4})
+
+    expected = quantize_model(model, spec, batches, progress=False)
+    onloads.clear()
+    report = quantize_model(offloaded, spec, batches, progress=False)
+    modules = [n for n in _read_modules(offloaded, onloads) if _llm_block(n) is not None]
+
+    assert report.bpw == expected.bpw
+    assert [r.output_rel_err for r in report.layers] == [r.output_rel_err for r in expected.layers]
+    for name, param in model.named_parameters():
+        assert torch.equal(offloaded.get_parameter(name), param), name  # read back from the offload folder
+    # calibration read the LLM's blocks in order, each tensor once (held while its block was worked
+    # on, for all calibration samples); the whole call read each LLM Linear a fixed few times
+    # (calibration, then walks over the parameters such as counting bits per weight), not once per
+    # calibration sample (8 here)
+    n_blocks = model.config.text_config.num_hidden_layers
+    blocks = [_llm_block(n) for n in modules]
+    calibration = modules[:next(i for i in range(1, len(blocks)) if blocks[i] < blocks[i - 1])]
+    assert [_llm_block(n) for n in calibration] == sorted(_llm_block(n) for n in calibration)
+    assert len(calibration) == len(set(calibration)) == 9 * n_blocks  # 7 Linears + 2 norms per block
+    reads = Counter(n for n in modules if n.endswith("proj"))
+    assert len(reads) == 7 * n_blocks and len(set(reads.values())) == 1 and max(reads.values()) <= 3, reads
+
+
+def test_offloaded_blip2_gptq_equals_in_memory(tmp_path):
+    model, processor = make_tiny_blip2(seed=0, llm="opt")
+    batches = blip2_batches(processor)
+    offloaded = _offloaded_copy(model, Blip2ForConditionalGeneration, tmp_path)
+    spec = QuantSpec.from_args({"method": "gptq", "bits": 4})
+    expected = quantize_model(model, spec, batches, progress=False)
+    report = quantize_model(offloaded, spec, batches, progress=False)
+    assert report.bpw == expected.bpw
+    for name, param in model.named_parameters():
+        assert torch.equal(offloaded.get_parameter(name), param), name
