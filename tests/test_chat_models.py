@@ -106,7 +106,8 @@ def test_gptq_calibrates_on_chat_exchanges_through_the_real_processor(arch, chec
     lm = get_model(ours)(pretrained=str(checkpoints[arch]), method="gptq", bits=4, calib_data=str(calib_jsonl),
                          calib_samples=8, quant_cache="none")
     report = lm.quant_report
-    assert report.calibration == {"batches": 1, "samples": 8}
+    assert {k: report.calibration[k] for k in ("batches", "samples", "source")} == \
+        {"batches": 1, "samples": 8, "source": str(calib_jsonl)}
     assert {r.component for r in report.layers} == {"vit", "projector", "llm"}
     assert all(r.output_rel_err is not None and r.output_rel_err < 0.5 for r in report.layers)
     batch = lm.calibration_batches(QuantSpec.from_args({"method": "gptq", "bits": 4, "calib_samples": 2}))[0]
@@ -119,7 +120,8 @@ def test_gptq_calibrates_on_chat_exchanges_through_the_real_processor(arch, chec
     assert "pixel_values" in batch  # the image went through the processor (resized to its pixel bounds)
 
 
-def test_bad_model_args_are_named(checkpoints):
+def test_bad_model_args_are_named(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMQ_DATA_DIR", str(tmp_path))  # no prepared calibration set
     path = str(checkpoints["Qwen2_5_VLForConditionalGeneration"])
     with pytest.raises(MMQConfigError, match=r"unknown model arg 'vit_bit'.*Did you mean vit_bits"):
         get_model("mmq_qwen2_5_vl")(pretrained=path, vit_bit=4)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from quant_tiny import blip2_batches, llava_batches
 from safetensors import safe_open
-from transformers import AutoProcessor, Blip2ForConditionalGeneration, LlavaForConditionalGeneration
+from transformers import (AutoProcessor, Blip2ForConditionalGeneration, CompressedTensorsConfig,
+                          LlavaForConditionalGeneration)
 
 from mmq_eval.cli import main
 from mmq_eval.errors import MMQConfigError
@@ -97,14 +98,20 @@ def test_groups_in_activation_order_are_refused():
 
 def test_gptq_symmetric_export_reloads_to_the_same_logits(gptq_export, tiny_blip2_dir):
     out, reference, batches = gptq_export
+    packed = Blip2ForConditionalGeneration.from_pretrained(
+        out, dtype=torch.float32, quantization_config=CompressedTensorsConfig(dequantize=False)).eval()
+    assert packed.language_projection.weight_packed.dtype == torch.int32  # packed at rest when asked
     reloaded = Blip2ForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
-    assert reloaded.language_projection.weight_packed.dtype == torch.int32  # packed at rest
+    assert not hasattr(reloaded.language_projection, "weight_packed")  # one format: dequantized on load
     with torch.no_grad():
         logits = reloaded(**batches[0]).logits
+        packed_logits = packed(**batches[0]).logits
     assert (logits - reference).abs().max().item() < 1e-4
+    assert (packed_logits - reference).abs().max().item() < 1e-4
 
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert qc["format"] == "pack-quantized" and qc["quant_method"] == "compressed-tensors"
+    assert qc["dequantize"] is True
     assert list(qc["config_groups"]) == ["int4_sym_channel"]  # tiny widths: per channel
     assert "language_model.lm_head" in qc["ignore"]
     with safe_open(str(out / "model.safetensors"), "pt") as f:
@@ -126,6 +133,7 @@ def test_mixed_bits_llava_keeps_16_bit_components_dense(tiny_llava_dir, tmp_path
     assert (logits - reference).abs().max().item() < 1e-4
     qc = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
     assert sorted(qc["config_groups"]) == ["int3_sym_g16", "int8_sym_g16"]
+    assert "dequantize" not in qc  # two formats: the dequantize-on-load path would decode both as the first
     for layer in ("multi_modal_projector.linear_1", "multi_modal_projector.linear_2", "lm_head"):  # left dense
         assert any(name.endswith(layer) for name in qc["ignore"])
     assert sum(len(g["targets"]) for g in qc["config_groups"].values()) == len(plan.targets)

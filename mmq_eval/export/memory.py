@@ -6,7 +6,9 @@ the resident set size (``VmRSS``) that loading adds once every tensor has been t
 are memory-mapped from safetensors, so untouched pages would not count yet), and the peak
 (``VmHWM``) above the baseline. A pack-quantized model stays packed after ``from_pretrained``
 and is decompressed to dense weights on its first forward (plain transformers has no integer
-kernels), so it is measured again after that decompression.
+kernels), so it is measured again after that decompression. Single-format exports ask
+``from_pretrained`` to dequantize while loading; a symmetric one is loaded packed here all the
+same, so that the figures show the packed and the dense state.
 """
 
 from __future__ import annotations
@@ -48,11 +50,15 @@ def measure_in_process(path: str, dtype: str) -> dict:
 
     config = AutoConfig.from_pretrained(path)
     model_class = getattr(transformers, (config.architectures or [None])[0])
-    if getattr(config, "quantization_config", None):  # import its libraries before the baseline
+    load = {}
+    qc = getattr(config, "quantization_config", None)
+    if qc:  # import its libraries before the baseline
         import compressed_tensors.compressors  # noqa: F401
         import transformers.quantizers.quantizer_compressed_tensors  # noqa: F401
+        if all(g["weights"]["symmetric"] for g in qc["config_groups"].values()):  # loadable packed
+            load["quantization_config"] = transformers.CompressedTensorsConfig(dequantize=False)
     before = _status_bytes()["VmRSS"]
-    model = model_class.from_pretrained(path, dtype=getattr(torch, dtype))
+    model = model_class.from_pretrained(path, dtype=getattr(torch, dtype), **load)
     _touch(model)
     now = _status_bytes()
     result = {"load_rss": now["VmRSS"] - before, "load_peak_rss": now["VmHWM"] - before,

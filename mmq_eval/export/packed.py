@@ -11,6 +11,7 @@ from torch import nn
 
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.export.schemes import FORMAT, check_plan, quantization_config
+from mmq_eval.models.packed_checkpoint import EXPORT_RECORD
 from mmq_eval.quant.formats import QuantizedWeight
 from mmq_eval.quant.plan import QuantPlan
 
@@ -84,8 +85,9 @@ def write_packed(model: nn.Module, processor, plan: QuantPlan, qweights: dict[st
     points, ``QuantReport.qweights``) and ``processor`` to ``out_dir`` as pack-quantized.
 
     The model is compressed in place (compressed-tensors decompresses it again on its next
-    forward). Asymmetric exports record ``dequantize: true`` in the config so that plain
-    ``from_pretrained`` can load them (see ``mmq_eval.export.schemes``). Returns ``out_dir``.
+    forward). An export with one storage format records ``dequantize: true`` in its config, so
+    that plain ``from_pretrained`` returns a dense model that ``generate`` can run (see
+    ``mmq_eval.export.schemes``); the spec goes to ``EXPORT_RECORD``. Returns ``out_dir``.
     """
     _require_compressed_tensors()
     from compressed_tensors.compressors import ModelCompressor
@@ -117,9 +119,10 @@ def write_packed(model: nn.Module, processor, plan: QuantPlan, qweights: dict[st
     if processor is not None:
         processor.save_pretrained(out)
     compressor.update_config(str(out))
-    if not all(f.sym for f in plan.targets.values()):
+    if len(config.config_groups) == 1:
         config_file = out / "config.json"
         saved = json.loads(config_file.read_text())
         saved["quantization_config"]["dequantize"] = True
         config_file.write_text(json.dumps(saved, indent=2, sort_keys=True))
+    (out / EXPORT_RECORD).write_text(json.dumps({"spec": plan.spec.to_dict()}, indent=2) + "\n")
     return out

@@ -7,11 +7,17 @@ width of our specs (2–8) packs. Our grouped and per-channel RTN / GPTQ / AWQ g
 exactly. The per-tensor uniform format does not: its grid is offset by the tensor's minimum,
 which is not an integer number of steps, so no integer zero point reproduces it.
 
-Loading caveat (transformers 5.24 with compressed-tensors 0.20): transformers builds the
-modules' zero-point parameters unpacked, so an asymmetric checkpoint fails to load with a
-zero-point shape mismatch unless it is dequantized while loading (``dequantize: true`` in its
-config, which the export writes); that path decompresses every layer with the first scheme, so
-asymmetric exports must use a single format.
+Loading (transformers 5.24 with compressed-tensors 0.20). Left packed (``dequantize: false``),
+a reloaded model is decompressed by a forward pre-hook on the top-level module, which
+``Blip2ForConditionalGeneration.generate`` never calls (it runs the vision model, Q-Former and
+language model's ``generate`` directly): generation fails with "'Linear' object has no attribute
+'weight'". Dequantized while loading (``dequantize: true`` in the config), ``from_pretrained``
+returns a dense model that generates; but that path decompresses every layer with the first
+config group's scheme (silently wrong for other bit widths). So an export with one storage
+format writes ``dequantize: true``; one with several stays packed and needs
+``model.hf_quantizer.compressor.decompress_model(model)`` (or one forward) before ``generate``.
+Asymmetric checkpoints load only dequantized (transformers builds their zero points unpacked:
+a shape mismatch otherwise), so asymmetric exports must use a single format.
 """
 
 from __future__ import annotations
@@ -19,11 +25,11 @@ from __future__ import annotations
 import re
 
 from mmq_eval.errors import MMQConfigError
+from mmq_eval.models.packed_checkpoint import FORMAT
 from mmq_eval.quant.formats import LayerFormat
 from mmq_eval.quant.plan import QuantPlan
 from mmq_eval.quant.spec import COMPONENTS, QuantSpec
 
-FORMAT = "pack-quantized"
 
 
 def check_spec(spec: QuantSpec) -> None:
@@ -89,6 +95,20 @@ def check_plan(plan: QuantPlan) -> None:
     groups = group_targets(plan)
     if any(not sym for _, sym, _ in groups) and len(groups) > 1:
         raise _mixed_asymmetric([scheme_name(k) for k in groups])
+
+
+DECOMPRESS_CALL = "model.hf_quantizer.compressor.decompress_model(model)"
+
+
+def loading_note(plan: QuantPlan) -> str:
+    """How plain transformers loads this plan's export (see the module docstring)."""
+    groups = group_targets(plan)
+    if len(groups) == 1:
+        return ("from_pretrained(OUT) dequantizes it while loading (dense, ready for generate; "
+                "the checkpoint's config says dequantize: true)")
+    return (f"it stores {len(groups)} formats ({', '.join(scheme_name(k) for k in groups)}), which transformers "
+            f"loads only packed: call {DECOMPRESS_CALL} after from_pretrained(OUT) and before generate "
+            "(mmq_* models do this themselves)")
 
 
 def quantization_config(plan: QuantPlan):

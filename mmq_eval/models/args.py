@@ -9,6 +9,7 @@ from typing import Any, Iterable
 import torch
 
 from mmq_eval.errors import MMQConfigError
+from mmq_eval.tasks.prompts import PROMPT_STYLES
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -21,9 +22,10 @@ class WrapperArgs:
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 1
-    calib_data: str | None = None
+    calib_data: str = "auto"  # see mmq_eval.models.calibration_data
     quant_cache: str | None = "default"
     report_path: str | None = None
+    prompt_style: str = "auto"  # see mmq_eval.tasks.prompts.uninstructed_prompt
 
     def torch_device(self) -> torch.device:
         """The device to run on; ``auto`` picks CUDA when present, else the CPU."""
@@ -39,7 +41,7 @@ class WrapperArgs:
 
 
 WRAPPER_KEYS = ("pretrained", "device", "dtype", "batch_size", "max_batch_size", "calib_data",
-                "quant_cache", "report_path")
+                "quant_cache", "report_path", "prompt_style")
 
 
 def unknown_key_error(key: str, accepted: Iterable[str]) -> MMQConfigError:
@@ -110,12 +112,20 @@ def parse_wrapper_args(kwargs: dict[str, Any], default_pretrained: str) -> Wrapp
         quant_cache = None
     calib_data = kwargs.get("calib_data")
     report_path = kwargs.get("report_path")
+    prompt_style = str(kwargs.get("prompt_style") or "auto")
+    if prompt_style not in PROMPT_STYLES:
+        raise MMQConfigError(
+            f"prompt_style={prompt_style!r} is not supported; use one of {', '.join(PROMPT_STYLES)} "
+            "(auto: BLIP-2 reads lmms-eval's stock instructions in its own prompt format; raw: every "
+            "task's text unchanged)"
+        )
     return WrapperArgs(
         pretrained=pretrained,
         device=device,
         dtype=dtype,
         batch_size=batch_size,
-        calib_data=None if calib_data is None else str(calib_data),
+        calib_data="auto" if calib_data is None else str(calib_data),
         quant_cache=None if quant_cache is None else str(quant_cache),
         report_path=None if report_path is None else str(report_path),
+        prompt_style=prompt_style,
     )

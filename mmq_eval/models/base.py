@@ -17,7 +17,7 @@ from lmms_eval.api.model import lmms
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.models.args import WRAPPER_KEYS, parse_wrapper_args, unknown_key_error
 from mmq_eval.models.loading import resolve_pretrained
-from mmq_eval.models.quantizing import QuantizingModel, checkpoint_fingerprint, served_architecture
+from mmq_eval.models.quantizing import QuantizingModel, served_architecture
 from mmq_eval.quant import QUANT_ARG_KEYS, QuantSpec
 from mmq_eval.quant.plan import build_plan
 from mmq_eval.quant.registry import family
@@ -38,6 +38,8 @@ class MMQModel(QuantizingModel, lmms):
             {k: v for k, v in kwargs.items() if k in WRAPPER_KEYS}, self.default_pretrained
         )
         spec = QuantSpec.from_args({k: v for k, v in kwargs.items() if k in QUANT_ARG_KEYS})
+        self._source = resolve_pretrained(self.args.pretrained)
+        self._packed_folder = self._packed_checkpoint(self._source, spec)  # an export: evaluated as stored
         self._require_calibration_data(spec)
 
         accelerator = Accelerator()
@@ -46,12 +48,13 @@ class MMQModel(QuantizingModel, lmms):
             self._rank, self._world_size = accelerator.local_process_index, accelerator.num_processes
         else:
             self._device = self.args.torch_device()
-        self._source = resolve_pretrained(self.args.pretrained)
         self._load(self._source)
         self._family = family(type(self._model).__name__)
-        self._fingerprint = checkpoint_fingerprint(self._source, self._model)
+        self._checkpoint_source, self._fingerprint = self._source, None  # hashed when a cache needs it
         self._full_precision_state: dict[str, torch.Tensor] | None = None
         self.quant_report = None
+        if self._packed_folder is not None:
+            self._report_packed()
         plan = build_plan(self._model, spec)
         if not spec.is_noop:
             self.apply_quant(spec, keep_full_precision=False, plan=plan)

@@ -18,7 +18,8 @@ lmms-eval's generic ``huggingface`` chat model is not among them: in 0.7.3 it lo
 transformers 5 refuses, so it cannot run any of them.
 
 Besides the lmms-eval class's own model args they take the quantization args (``method``,
-``bits``, ``vit_bits``, ...) and ``calib_data``, ``quant_cache``, ``report_path``. On a machine
+``bits``, ``vit_bits``, ...) and ``calib_data``, ``quant_cache``, ``report_path``, ``prompt_style``
+(validated; these instruction-tuned families read every task's text as it is). On a machine
 without CUDA, ``device`` and ``device_map`` default to ``cpu`` (lmms-eval's classes default to
 CUDA).
 """
@@ -40,14 +41,14 @@ from lmms_eval.models.chat.qwen3_vl import Qwen3_VL  # noqa: E402
 from lmms_eval.models.simple.qwen2_vl import Qwen2_VL  # noqa: E402
 
 from mmq_eval.models.args import parse_wrapper_args, unknown_key_error  # noqa: E402
-from mmq_eval.models.loading import resolve_pretrained  # noqa: E402
-from mmq_eval.models.quantizing import QuantizingModel, checkpoint_fingerprint, served_architecture  # noqa: E402
+from mmq_eval.models.loading import dense_after_load, resolve_pretrained  # noqa: E402
+from mmq_eval.models.quantizing import QuantizingModel, served_architecture  # noqa: E402
 from mmq_eval.quant import QUANT_ARG_KEYS, QuantSpec  # noqa: E402
 from mmq_eval.quant.plan import build_plan  # noqa: E402
 from mmq_eval.quant.registry import family  # noqa: E402
 
 #: Model args of ours that the lmms-eval classes do not take.
-OWN_KEYS = ("calib_data", "quant_cache", "report_path")
+OWN_KEYS = ("calib_data", "quant_cache", "report_path", "prompt_style")
 
 
 class QuantizedLmmsModel(QuantizingModel):
@@ -66,8 +67,9 @@ class QuantizedLmmsModel(QuantizingModel):
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in OWN_KEYS}
         pretrained = kwargs.get("pretrained") or params["pretrained"].default
         self.args = parse_wrapper_args({"pretrained": pretrained, **own}, pretrained)
-        self._require_calibration_data(spec)
         source = resolve_pretrained(pretrained)
+        self._packed_folder = self._packed_checkpoint(source, spec)  # an export: evaluated as stored
+        self._require_calibration_data(spec)
         served_architecture(type(self), pretrained, source)
         kwargs["pretrained"] = source
         if not torch.cuda.is_available():
@@ -75,11 +77,14 @@ class QuantizedLmmsModel(QuantizingModel):
                 if key in accepted:
                     kwargs.setdefault(key, "cpu")
         super().__init__(**kwargs)
+        dense_after_load(self.model)
         self._processor = self._loaded_processor()
         self._family = family(type(self.model).__name__)
-        self._fingerprint = checkpoint_fingerprint(source, self.model)
+        self._checkpoint_source, self._fingerprint = source, None  # hashed when a cache needs it
         self._full_precision_state = None
         self.quant_report = None
+        if self._packed_folder is not None:
+            self._report_packed()
         plan = build_plan(self.model, spec)
         if not spec.is_noop:
             self.apply_quant(spec, keep_full_precision=False, plan=plan)

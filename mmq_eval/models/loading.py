@@ -68,11 +68,48 @@ def load_processor(source: str):
         raise MMQConfigError(f"pretrained={source!r}: could not load its processor ({exc})") from None
 
 
+def local_checkpoint(source: str) -> Path | None:
+    """The folder holding ``source``'s files: itself, or its Hugging Face cache snapshot (None
+    when it is not on this machine)."""
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, local_files_only=True))
+    except (OSError, ValueError):
+        return None
+
+
+#: Parameters compressed-tensors leaves on a Linear after decompressing it
+QUANTIZATION_PARAMS = ("weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx", "weight_global_scale")
+
+
+def dense_after_load(model) -> None:
+    """Make a model that ``from_pretrained`` left packed (a compressed-tensors checkpoint with
+    several storage formats) dense now, as its first forward would, and drop the quantization
+    parameters decompression leaves behind: ``generate`` of some classes (BLIP-2) never runs the
+    forward that would decompress it, and the model then has exactly a dense model's parameters."""
+    if not hasattr(model, "ct_decompress_hook"):
+        return
+    model.hf_quantizer.compressor.decompress_model(model)
+    for module in model.modules():
+        if hasattr(module, "quantization_scheme"):
+            for name in QUANTIZATION_PARAMS:
+                if hasattr(module, name):
+                    delattr(module, name)
+            del module.quantization_scheme, module.quantization_status
+
+
 def load_model(model_class, source: str, dtype: torch.dtype, device: torch.device):
-    """Load ``model_class`` from ``source`` in eval mode on ``device``."""
+    """Load ``model_class`` from ``source`` in eval mode on ``device``, dense (``dense_after_load``)."""
     try:
         model = model_class.from_pretrained(source, dtype=dtype)
     except OSError as exc:
         raise MMQConfigError(f"pretrained={source!r}: could not load the weights ({exc})") from None
+    except ImportError as exc:  # a quantized checkpoint without its library
+        raise MMQConfigError(f"pretrained={source!r}: {exc}; for mmq-eval exports: pip install "
+                             "'mmq-eval[export]'") from None
+    dense_after_load(model)
     return model.to(device).eval()
 
