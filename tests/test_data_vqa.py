@@ -95,7 +95,7 @@ def test_missing_gqa_image_is_named(tmp_path, capsys):
 
 def test_calibration_options_are_for_karpathy_only(tmp_path, capsys):
     assert prepare_data("gqa", "--from", str(tmp_path), "--calib-size", "5") == 2
-    assert "coco_karpathy only" in capsys.readouterr().err
+    assert "--calib-size and --seed apply to coco_karpathy" in capsys.readouterr().err
 
 
 def test_unprepared_task_names_the_file_and_the_command(tmp_path, monkeypatch):
@@ -111,7 +111,7 @@ def test_unprepared_task_names_the_file_and_the_command(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("model_name", "prompt"), [
-    ("mmq_blip2", "Question: what color is square 0? Answer:"),
+    ("mmq_blip2", "Question: what color is square 0? Short answer:"),
     ("mmq_llava", "what color is square 0?\nAnswer the question using a single word or phrase."),
 ])
 def test_prompt_per_model_family(prepared, model_name, prompt):

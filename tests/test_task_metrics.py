@@ -63,6 +63,6 @@ def test_vqa_accuracy_hand_computed(prediction, answers, expected):
 
 
 def test_vqa_process_results():
-    doc = {"answers": ["three"] * 10}
+    doc = {"answers": ["three"] * 9 + ["four"]}  # disagreeing answers are normalised: nine "3"
     assert vqa.process_results(doc, ["3"]) == {"accuracy": 1.0}
     assert vqa.process_results(doc, ["one"]) == {"accuracy": 0.0}

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import datasets
 
-from mmq_eval.data.captions import write_caption_set
+from mmq_eval.data.captions import usable_items, write_caption_set
+from mmq_eval.data.checks import Refusals
 from mmq_eval.data.karpathy import read_entries, split_items
 from mmq_eval.data.layout import load_prepared, raw_file
 
@@ -20,12 +21,15 @@ IMAGES = "flickr30k-images"
 RAW = f"{SPLIT_FILE} and {IMAGES}/"
 
 
-def prepare(raw_dir: Path, root: Path) -> list[Path]:
-    """Write the test images with their captions; ``image_id`` is Karpathy's ``imgid``."""
+def prepare(raw_dir: Path, root: Path, skip_bad: bool = False) -> list[Path]:
+    """Write the test images with their captions; ``image_id`` is Karpathy's ``imgid``
+    (``skip_bad``: without the unusable entries)."""
     entries = read_entries(raw_dir, SPLIT_FILE, NAME)
     images = raw_file(raw_dir, IMAGES, NAME)
     test = split_items(entries, "test", lambda e: images / e["filename"], "imgid", SPLIT_FILE)
-    return [write_caption_set(root / TEST_FILE, test, "Flickr30k test")]
+    refusals = Refusals(NAME, root / TEST_FILE, skip_bad)
+    test = usable_items(test, refusals, SPLIT_FILE)
+    return [write_caption_set(root / TEST_FILE, test, "Flickr30k test", refusals, SPLIT_FILE)]
 
 
 def load_docs(dataset: datasets.Dataset) -> datasets.Dataset:

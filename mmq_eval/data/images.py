@@ -8,39 +8,54 @@ one image, whatever the store's size, and nothing is copied into a cache.
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 import datasets
 import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from mmq_eval.errors import MMQDataError
 
+#: What PIL raises for bytes that are not a whole image (truncated, corrupt, not an image).
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+@contextmanager
+def strict_decoding():
+    """PIL refuses truncated images while open (lmms-eval sets ``LOAD_TRUNCATED_IMAGES``
+    globally, which fills a cut JPEG with grey); the previous setting is restored after."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """The whole image encoded in ``data``, as RGB; a PIL error if any of it is missing."""
+    with strict_decoding(), Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
 
 def read_image(path: Path) -> bytes:
-    """The encoded bytes of the image file ``path``, checked to be a readable image."""
+    """The encoded bytes of the image file ``path``, checked to decode completely.
+
+    MMQDataError names the file when it is missing, empty, truncated or not an image.
+    """
     if not path.is_file():
         raise MMQDataError(f"image {path} is missing")
     data = path.read_bytes()
+    if not data:
+        raise MMQDataError(f"image {path} is empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)):
-            pass
-    except (UnidentifiedImageError, OSError) as exc:
-        raise MMQDataError(f"image {path} cannot be read ({exc})") from None
+        with strict_decoding(), Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except DECODE_ERRORS as exc:
+        raise MMQDataError(f"image {path} does not decode ({exc})") from None
     return data
-
-
-def image_cell(path: Path) -> dict:
-    """``datasets.Image`` storage of the file ``path``: its bytes embedded, its name kept."""
-    return {"bytes": read_image(path), "path": path.name}
-
-
-def first_missing(paths: list[Path], what: str) -> None:
-    """Raise MMQDataError naming the first of ``paths`` that does not exist (and how many)."""
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise MMQDataError(f"{len(missing)} of {len(paths)} {what} are missing, the first: {missing[0]}")
 
 
 def decode_image(cell, what: str, fix: str = "prepare the data set again") -> Image.Image:
@@ -48,14 +63,13 @@ def decode_image(cell, what: str, fix: str = "prepare the data set again") -> Im
 
     Tasks keep their image columns undecoded (see ``undecoded_images``): lmms-eval reads every doc
     several times, and only ``doc_to_visual`` needs the pixels. MMQDataError names ``what`` and
-    the ``fix`` when the bytes are not an image.
+    the ``fix`` when the bytes are not a whole image (a truncated one is refused, never grey-filled).
     """
     if isinstance(cell, Image.Image):
         return cell.convert("RGB")
     try:
-        with Image.open(io.BytesIO(cell["bytes"])) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, TypeError, KeyError) as exc:
+        return decode_rgb(cell["bytes"])
+    except (*DECODE_ERRORS, TypeError, KeyError) as exc:
         raise MMQDataError(f"{what}: the image cannot be read ({exc}); {fix}") from None
 
 
@@ -68,14 +82,25 @@ def undecoded_images(dataset: datasets.Dataset) -> datasets.Dataset:
 
 
 class ImageStore:
-    """Random access by image id to a prepared image store."""
+    """Random access by image id to a prepared image store.
 
-    def __init__(self, path: Path) -> None:
+    ``fix`` is what to do when the store is missing or damaged (the prepare-data command).
+    """
+
+    def __init__(self, path: Path, fix: str = "run the mmq-eval prepare-data command again") -> None:
         if not path.is_file():
-            raise MMQDataError(f"image store {path} is missing: run the mmq-eval prepare-data command again")
-        self.table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+            raise MMQDataError(f"image store {path} is missing: {fix}")
+        try:
+            self.table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+            self.table.validate(full=True)
+        except (pa.ArrowException, OSError) as exc:
+            raise MMQDataError(f"image store {path} is damaged or not an image store ({exc}): {fix}") from None
+        if self.table.column_names != ["image_id", "image"]:
+            raise MMQDataError(f"image store {path} has columns {self.table.column_names}, not "
+                               f"['image_id', 'image']: {fix}")
         self.rows = {image_id: row for row, image_id in enumerate(self.table.column("image_id").to_pylist())}
         self.path = path
+        self.fix = fix
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -84,15 +109,16 @@ class ImageStore:
         """The image ``image_id`` as RGB."""
         row = self.rows.get(str(image_id))
         if row is None:
-            raise MMQDataError(f"image {image_id!r} is not in {self.path}: prepare the data set again")
-        return Image.open(io.BytesIO(self.table.column("image")[row].as_py())).convert("RGB")
+            raise MMQDataError(f"image {image_id!r} is not in {self.path}: {self.fix}")
+        return decode_image({"bytes": self.table.column("image")[row].as_py()},
+                            f"image {image_id!r} of {self.path}", self.fix)
 
 
 @lru_cache(maxsize=4)
-def _open_store(path: Path, mtime: float) -> ImageStore:
-    return ImageStore(path)
+def _open_store(path: Path, mtime: float, fix: str) -> ImageStore:
+    return ImageStore(path, fix)
 
 
-def open_store(path: Path) -> ImageStore:
+def open_store(path: Path, fix: str = "run the mmq-eval prepare-data command again") -> ImageStore:
     """The store at ``path``, opened once per file version."""
-    return _open_store(path, path.stat().st_mtime if path.exists() else 0.0)
+    return _open_store(path, path.stat().st_mtime if path.exists() else 0.0, fix)

@@ -22,7 +22,8 @@ def read_entries(raw_dir: Path, split_file: str, dataset: str) -> list[dict]:
 def split_items(entries: list[dict], split: str, file_of: Callable[[dict], Path], id_key: str,
                 source: str) -> list[tuple[int, Path, list[str]]]:
     """(image id, image file, raw captions) of the entries in ``split``; ``source`` names the file."""
-    items = [(e[id_key], file_of(e), [s["raw"] for s in e["sentences"]]) for e in entries if e["split"] == split]
+    items = [(e[id_key], file_of(e), [s.get("raw") for s in e.get("sentences") or []])
+             for e in entries if e["split"] == split]
     if not items:
         raise MMQDataError(f"{source} has no image in split {split!r}")
     return items

@@ -16,7 +16,11 @@ DATASETS = {
     "flickr30k": "mmq_eval.data.flickr30k",
     "vqav2": "mmq_eval.data.vqav2",
     "gqa": "mmq_eval.data.gqa",
+    "calib": "mmq_eval.data.calibration_set",
 }
+
+#: Data sets that take --calib-size and --seed (a seeded calibration sample).
+SAMPLED = ("coco_karpathy", "calib")
 
 
 def prepare(dataset: str, raw_dir, data_dir=None, **options) -> list[Path]:
@@ -33,9 +37,11 @@ def prepare(dataset: str, raw_dir, data_dir=None, **options) -> list[Path]:
 def _handler(args: argparse.Namespace) -> int:
     options = {}
     if args.calib_size is not None or args.seed is not None:
-        if args.dataset != "coco_karpathy":
-            raise MMQConfigError("--calib-size and --seed apply to coco_karpathy only")
+        if args.dataset not in SAMPLED:
+            raise MMQConfigError(f"--calib-size and --seed apply to {' and '.join(SAMPLED)} only")
         options = {k: v for k, v in (("calib_size", args.calib_size), ("seed", args.seed)) if v is not None}
+    if args.skip_bad:
+        options["skip_bad"] = True
     for path in prepare(args.dataset, args.raw_dir, args.data_dir, **options):
         print(f"wrote {path}")
     if args.data_dir and data_root(args.data_dir).resolve() != data_root().resolve():
@@ -54,6 +60,11 @@ def register(subparsers) -> None:
     parser.add_argument("--from", dest="raw_dir", required=True, help="folder with the official files")
     parser.add_argument("--data-dir", help="data root to write to (tasks read $MMQ_DATA_DIR)")
     parser.add_argument("--calib-size", type=int,
-                        help="coco_karpathy: training images in the calibration sample (default 2000; 0: none)")
-    parser.add_argument("--seed", type=int, help="coco_karpathy: seed of the calibration sample (default 0)")
+                        help="images in the calibration sample: coco_karpathy (default 2000; 0: none), "
+                        "calib (default 512)")
+    parser.add_argument("--seed", type=int, help="coco_karpathy, calib: seed of the calibration sample (default 0)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out entries with a missing, truncated or undecodable image, no answers or "
+                        "captions, blank text or a repeated id, listed in <prepared file>_skipped.json "
+                        "(default: stop, naming them; exit code 2)")
     parser.set_defaults(func=_handler)

@@ -12,8 +12,9 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
-from mmq_eval.data.images import first_missing, open_store
-from mmq_eval.data.layout import data_root
+from mmq_eval.data.checks import Refusals, blank
+from mmq_eval.data.images import open_store
+from mmq_eval.data.layout import data_root, prepare_again
 from mmq_eval.data.writer import write_image_store, write_parquet
 
 
@@ -23,13 +24,39 @@ def store_file(docs_file: str) -> str:
 
 
 def write_question_set(root: Path, docs_file: str, features: datasets.Features, rows: list[dict],
-                       images: dict[str, Path], desc: str) -> list[Path]:
-    """Write the image store (image id -> file), then the question rows, under ``root``."""
-    first_missing(list(images.values()), f"{desc} images")
-    store = write_image_store(root / store_file(docs_file), images, f"{desc} images")
-    return [write_parquet(root / docs_file, features, rows, len(rows), f"{desc} questions"), store]
+                       images: dict[str, Path], desc: str, refusals: Refusals) -> list[Path]:
+    """Write the image store (image id -> file), then the question rows, under ``root``.
+
+    ``rows`` are the questions that passed their checks; an image that is missing or does not
+    decode is refused, and (with ``--skip-bad``) so are the questions on it.
+    """
+    refusals.require_files({f"image {image_id}": file for image_id, file in images.items()}, f"{desc} images")
+    stored = set()
+
+    def decodable():
+        for image_id, file in images.items():
+            data = refusals.image(f"image {image_id}", file)
+            if data is not None:
+                stored.add(image_id)
+                yield image_id, data
+        if not stored:
+            raise refusals.none_left()
+        refusals.check()
+
+    store = write_image_store(root / store_file(docs_file), decodable(), len(images), f"{desc} images")
+    kept = [row for row in rows if refusals.keep(
+        f"question {row['question_id']}",
+        None if str(row["image_id"]) in stored else f"its image {row['image_id']} was refused")]
+    written = write_parquet(root / docs_file, features, kept, len(kept), f"{desc} questions")
+    refusals.write_manifest()
+    return [written, store]
 
 
-def image_for(doc: dict, docs_file: str) -> list[Image.Image]:
+def question_problem(question, answers_problem: str | None = None) -> str | None:
+    """Why a question entry is unusable (a blank question, else ``answers_problem``), or None."""
+    return "the question is empty" if blank(question) else answers_problem
+
+
+def image_for(doc: dict, docs_file: str, dataset: str) -> list[Image.Image]:
     """``doc_to_visual`` of a question set: the doc's image from the store."""
-    return [open_store(data_root() / store_file(docs_file)).image(doc["image_id"])]
+    return [open_store(data_root() / store_file(docs_file), prepare_again(dataset)).image(doc["image_id"])]

@@ -11,6 +11,7 @@ from pathlib import Path
 from datasets import Dataset, Features, Image, Sequence, Value
 
 from mmq_eval.shapes.world import balanced_vqa, captions, make_scenes, render
+from mmq_eval.tasks.vqa import normalise_answer
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "task_configs" / "mmq_shapes" / "data"
 N_CAPTION_SCENES = 200
@@ -35,7 +36,9 @@ def caption_dataset(n: int = N_CAPTION_SCENES) -> Dataset:
 
 
 def vqa_dataset(n: int = N_QUESTIONS) -> Dataset:
-    """n test-split questions balanced over question types (VQAv2-style 10 answers each)."""
+    """n test-split questions balanced over question types (VQAv2-style 10 answers each, written in
+    the processed form VQAv2's annotations use, e.g. "2" for "two": the evaluation server compares
+    processed predictions with them)."""
     pairs = balanced_vqa("test", n)
     features = Features(
         {
@@ -55,7 +58,7 @@ def vqa_dataset(n: int = N_QUESTIONS) -> Dataset:
             "image": [render(s) for s, _ in pairs],
             "question": [q.question for _, q in pairs],
             "answer": [q.answer for _, q in pairs],
-            "answers": [[q.answer] * VQA_ANSWER_COPIES for _, q in pairs],
+            "answers": [[normalise_answer(q.answer)] * VQA_ANSWER_COPIES for _, q in pairs],
             "question_type": [q.question_type for _, q in pairs],
         },
         features=features,
