@@ -8,11 +8,12 @@ import math
 import sys
 from pathlib import Path
 
-from mmq_eval.errors import MMQConfigError
+from mmq_eval.errors import MMQConfigError, MMQDataError
+from mmq_eval.outputs import check_output_file
 from mmq_eval.report.bootstrap import DEFAULT_RESAMPLES
 from mmq_eval.report.paired import PairedComparer, config_label
 from mmq_eval.sweep.per_doc import PerDocStore, load_per_doc, read_per_doc
-from mmq_eval.sweep.store import load_records
+from mmq_eval.sweep.store import load_records, results_files
 
 FORMAT = "mmq-eval-baseline/1"
 RULE = """\
@@ -27,11 +28,17 @@ higher-is-better. With drop = baseline - current and TOL = max(ABS_TOL, REL_TOL 
       written by --update). Metrics without per-document scores on both sides (METEOR, other
       documents) fall back to the tolerance rule; the table says which rule judged each.
 
-A current value that is NaN, a metric or configuration present in the baseline but missing
-from the results, also fails. Configurations only in the results are listed and ignored.
-Exit status: 0 all within tolerance, 1 regression or missing, 2 bad input (missing or
-unreadable file; --mode ci without the baseline's per-document scores). --update writes the
-baseline (and its per-document scores, where the results have them) instead (exit 0).
+A current value that is not a finite number (NaN, Infinity) where the baseline has one, a
+metric or configuration present in the baseline but missing from the results, also fails.
+Configurations only in the results are listed and ignored.
+Everything read is validated first: every baseline score must be a finite number, every result
+score a number, every results/features entry an object, the tolerances finite and >= 0, and the
+baseline must hold at least one configuration with at least one metric; otherwise the error
+names the file and the field (e.g. configs.aaaa.results.mmq_shapes_vqa.accuracy) and the exit
+status is 2. --update refuses results holding NaN/Infinity (a baseline must be finite).
+Exit status: 0 all within tolerance, 1 regression or missing, 2 bad input (missing, unreadable
+or invalid file or setting; --mode ci without the baseline's per-document scores). --update
+writes the baseline (and its per-document scores, where the results have them) instead (exit 0).
 """
 
 
@@ -90,7 +97,69 @@ def load_baseline(path: Path) -> dict:
         raise MMQConfigError(f"baseline {path}: not valid JSON: {err}") from err
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("configs"), dict):
         raise MMQConfigError(f"baseline {path}: not an {FORMAT} document (write one with --update)")
-    return doc["configs"]
+    configs = doc["configs"]
+    if not configs:
+        raise MMQDataError(f"baseline {path}: configs is empty, so it checks nothing; write it with --update "
+                           "from results that hold finished configurations")
+    for cid, entry in configs.items():
+        check_scores(_object(entry, f"baseline {path}", f"configs.{cid}"), f"baseline {path}", f"configs.{cid}",
+                     finite_fix="rewrite the baseline with --update from results without NaN/Infinity")
+        if not any(entry.get("results", {}).values()):
+            raise MMQDataError(f"baseline {path}: configs.{cid}.results holds no metric, so it checks nothing; "
+                               "rewrite the baseline with --update")
+    return configs
+
+
+def _kind(value) -> str:
+    """What a JSON value is, for an error message."""
+    kinds = {type(None): "null", bool: "a boolean", str: "a string", list: "a list", dict: "an object"}
+    return kinds.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def _object(value, where: str, field: str) -> dict:
+    if not isinstance(value, dict):
+        raise MMQDataError(f"{where}: {field} is {_kind(value)}; expected an object")
+    return value
+
+
+def check_scores(entry: dict, where: str, field: str = "", finite_fix: str | None = None) -> None:
+    """Check a configuration's ``features`` (an object, if present) and ``results`` ({task:
+    {metric: number}}); with `finite_fix`, every score must also be finite (the fix is named).
+    MMQDataError naming `where` (the file) and the field's JSON path (below `field`)."""
+    prefix = f"{field}." if field else ""
+    if "features" in entry:
+        _object(entry["features"], where, f"{prefix}features")
+    results = _object(entry.get("results", {}), where, f"{prefix}results")
+    for task, metrics in results.items():
+        for metric, value in _object(metrics, where, f"{prefix}results.{task}").items():
+            path = f"{prefix}results.{task}.{metric}"
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                shown = "null" if value is None else f"{json.dumps(value)} ({_kind(value)})"
+                raise MMQDataError(f"{where}: {path} is {shown}; expected a number")
+            if finite_fix and not math.isfinite(value):
+                raise MMQDataError(f"{where}: {path} is {value}, not a finite number; {finite_fix}")
+
+
+def load_checked_records(path: str, finite: bool) -> list[dict]:
+    """The records under `path` (as ``load_records``: first of each config_id), each checked by
+    `check_scores` naming its file and config_id; with `finite`, NaN/Infinity are refused."""
+    seen, records = set(), []
+    for file in results_files(path):
+        try:
+            file_records = load_records(file)
+            new = [r for r in file_records if r["config_id"] not in seen]
+        except (AttributeError, TypeError) as err:
+            raise MMQDataError(f"results {file}: a line is not a JSON object with a string config_id ({err}); "
+                               "the file is not a sweep results file or is corrupt") from err
+        for rec in new:
+            if not isinstance(rec["config_id"], str):
+                raise MMQDataError(f"results {file}: config_id {json.dumps(rec['config_id'])} is "
+                                   f"{_kind(rec['config_id'])}; expected a string")
+            check_scores(rec, f"results {file} (config_id {rec['config_id']})",
+                         finite_fix="--update writes only finite scores: rerun that configuration" if finite else None)
+            seen.add(rec["config_id"])
+            records.append(rec)
+    return records
 
 
 _label = config_label
@@ -120,10 +189,16 @@ def compare(baseline: dict, records: list[dict], abs_tol: float, rel_tol: float,
                     rows.append([cid, label, name, f"{old:.4f}", "-", "-", *(["-"] if ci_mode else []), "MISSING"])
                     failures.append(f"MISSING {what}: {name} [{cid} {label}]: baseline {old:.4f}, current missing")
                     continue
+                if not math.isfinite(new):
+                    rows.append([cid, label, name, f"{old:.4f}", f"{new}", "-", *(["-"] if ci_mode else []),
+                                 "REGRESSION"])
+                    failures.append(f"REGRESSION {name} [{cid} {label}]: baseline {old:.4f}, current {new}: not a "
+                                    "finite number (the run produced NaN/Infinity for this metric)")
+                    continue
                 drop = old - new
                 tol = max(abs_tol, rel_tol * abs(old))
                 result = None
-                if ci_mode and not math.isnan(new):
+                if ci_mode:
                     result = comparer.metric(task, metric, old, new, base_per_doc.get(cid, {}).get(task),
                                              cur_per_doc.get(cid, {}).get(task)).result
                     result = None if result is None or math.isnan(result.lo) else result
@@ -131,7 +206,7 @@ def compare(baseline: dict, records: list[dict], abs_tol: float, rel_tol: float,
                     drop_lo, drop_hi = 0.0 - result.hi, 0.0 - result.lo
                     bad = drop_lo > tol
                 else:
-                    bad = math.isnan(new) or (drop > abs_tol and drop > rel_tol * abs(old))
+                    bad = drop > abs_tol and drop > rel_tol * abs(old)
                 extra = []
                 if ci_mode:
                     extra = [f"[{drop_lo:+.4f}, {drop_hi:+.4f}]" if result is not None else "tolerance rule"]
@@ -165,11 +240,14 @@ def handle(args) -> int:
     """Compare (or ``--update``); exit 0 / 1 / 2 as described in :data:`RULE`."""
     mode = getattr(args, "mode", "tolerance")
     try:
-        if args.abs_tol < 0 or args.rel_tol < 0:
-            raise MMQConfigError("--abs-tol and --rel-tol must be >= 0")
+        if args.update:  # --baseline itself is checked by ``mmq-eval`` (cli.OUTPUT_OPTIONS)
+            check_output_file(per_doc_path(Path(args.baseline)), "--baseline's per-document scores")
+        for flag, tol in (("--abs-tol", args.abs_tol), ("--rel-tol", args.rel_tol)):
+            if not (math.isfinite(tol) and tol >= 0):
+                raise MMQConfigError(f"{flag} {tol}: must be a finite number >= 0")
         if mode == "ci" and args.resamples < 1:
             raise MMQConfigError("--resamples must be >= 1")
-        records = load_records(args.results)
+        records = load_checked_records(args.results, finite=args.update)
         if not records:
             raise MMQConfigError(f"no finished configurations in {args.results}")
         baseline_path = Path(args.baseline)
@@ -187,7 +265,7 @@ def handle(args) -> int:
                                      "is missing (rewrite the baseline with --update from results that have them, "
                                      "or use --mode tolerance)")
             cur_docs = load_per_doc(args.results, [r["config_id"] for r in records])
-    except MMQConfigError as err:
+    except (MMQConfigError, MMQDataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rows, failures = compare(baseline, records, args.abs_tol, args.rel_tol, mode, base_docs, cur_docs,

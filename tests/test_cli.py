@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mmq_eval.cli import main
@@ -70,3 +71,32 @@ def test_mmq_eval_run_records_the_quant_report(tmp_path):
     assert results["mmq_quant"]["pretrained"] == "mmq:shapes-blip2"
     assert 4.0 < results["mmq_quant"]["bpw"] < 16.0
     assert results["results"]["mmq_shapes_cap"]["cider,none"] > 0.5
+
+
+def _run_shapes(output_path, llm_bits, capsys):
+    code = main(["run", "--model", "mmq_blip2", "--model_args",
+                 f"pretrained=mmq:shapes-blip2,method=uniform,llm_bits={llm_bits},quant_cache=none",
+                 "--tasks", "mmq_shapes_vqa", "--limit", "4", "--batch_size", "4", "--output_path", str(output_path)])
+    return code, capsys.readouterr()
+
+
+def test_nested_output_paths_keep_their_own_quant_reports(tmp_path, capsys):
+    outer, inner = tmp_path / "outer", tmp_path / "outer" / "inner"
+    code, _ = _run_shapes(inner, 8, capsys)
+    assert code == 0
+    inner_file = next(inner.rglob("*_results.json"))
+    future = time.time() + 3600  # as if the inner run had finished while the outer one ran
+    os.utime(inner_file, (future, future))
+    code, _ = _run_shapes(outer, 4, capsys)
+    assert code == 0
+    outer_file = next(p for p in outer.rglob("*_results.json") if inner not in p.parents)
+    assert json.loads(inner_file.read_text())["mmq_quant"]["spec"]["llm_bits"] == 8
+    assert json.loads(outer_file.read_text())["mmq_quant"]["spec"]["llm_bits"] == 4
+
+
+def test_results_that_cannot_be_saved_fail_the_run(tmp_path, capsys):
+    (tmp_path / "mmq__shapes-blip2").write_text("a file where lmms-eval puts the model's folder\n")
+    code, captured = _run_shapes(tmp_path, 8, capsys)
+    assert code == 1
+    assert f"the results could not be saved under --output_path {tmp_path}" in captured.err
+    assert list(tmp_path.rglob("*_results.json")) == []

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from mmq_eval.errors import MMQConfigError
+from mmq_eval.outputs import check_output_dir, check_output_file
 
 DESCRIPTION = """\
 Expand a sweep spec into quantization configurations and evaluate each one, loading the
@@ -33,11 +34,13 @@ The spec is fully validated before anything is loaded or evaluated.
 EPILOG = """\
 Every finished configuration is appended as one JSON line to OUT/results.jsonl (or
 OUT/results.shardIofN.jsonl); rerunning the same command skips finished configurations, so a
-killed sweep resumes where it stopped. --launcher slurm submits --shards array tasks through
-submitit, all writing to OUT; without --wait it returns after submission. A preempted array
-task is requeued, and one reaching --timeout-min is requeued up to --max-requeues times; either
-way it resumes from OUT (a configuration cut off half-way is evaluated again, finished ones are
-not).
+killed sweep resumes where it stopped. Sweeps may share OUT: each claims a configuration in
+OUT/claims/ before evaluating it, leaves one that another live sweep has claimed to that sweep
+and waits for its result; the claim of a process that died is taken over. --launcher slurm
+submits --shards array tasks through submitit, all writing to OUT; without --wait it returns
+after submission. A preempted array task is requeued, and one reaching --timeout-min is
+requeued up to --max-requeues times; either way it resumes from OUT (a configuration cut off
+half-way is evaluated again, finished ones are not).
 """
 
 
@@ -110,7 +113,7 @@ def handle(args) -> int:
     try:
         spec, stem = _spec(args)
         if args.write_spec:
-            Path(args.write_spec).write_text(yaml.safe_dump(spec, sort_keys=False))
+            check_output_file(args.write_spec, "--write-spec").write_text(yaml.safe_dump(spec, sort_keys=False))
             print(f"wrote {args.write_spec}")
             return 0
         shard = parse_shard(args.shard)
@@ -120,6 +123,7 @@ def handle(args) -> int:
             raise MMQConfigError("--shards must be >= 1")
         if args.max_requeues < 0:
             raise MMQConfigError("--max-requeues must be >= 0")
+        out = None if args.dry_run else check_output_dir(args.out or Path("results") / stem, "--out")
         sweep = build_sweep(spec, limit=args.limit)
     except MMQConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -129,12 +133,12 @@ def handle(args) -> int:
             print(json.dumps({"config_id": cfg.config_id, **cfg.features}))
         print(f"{len(sweep.configs)} configurations", file=sys.stderr)
         return 0
-    out = Path(args.out or Path("results") / stem)
     if args.launcher == "slurm":
         return _slurm(args, sweep, out)
     from mmq_eval.sweep.runner import run_sweep
 
     summary = run_sweep(sweep, out, shard)
-    print(f"shard {shard[0]}/{shard[1]}: {summary.ran} evaluated, {summary.skipped} already done, "
+    others = f", {summary.by_others} evaluated by another sweep" if summary.by_others else ""
+    print(f"shard {shard[0]}/{shard[1]}: {summary.ran} evaluated, {summary.skipped} already done{others}, "
           f"{summary.total} in shard -> {summary.results_file}")
     return 0

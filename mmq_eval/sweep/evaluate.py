@@ -61,10 +61,12 @@ class LmmsEvaluator:
         )
 
     def check(self, spec) -> bool:
-        """Model-dependent checks of ``spec`` (raises MMQConfigError naming the setting); False when
-        it quantizes only blocks that cannot affect the outputs (``QuantPlan.effective``)."""
+        """The checks ``mmq-eval run`` makes of ``spec`` when it builds the model (calibration data,
+        then the plan; raises MMQConfigError naming the setting); False when it quantizes only
+        blocks that cannot affect the outputs (``QuantPlan.effective``)."""
         from mmq_eval.quant.plan import build_plan
 
+        self.lm._require_calibration_data(spec)
         return build_plan(self.lm.model, spec).effective
 
     def __call__(self, spec) -> tuple[float, dict, dict]:

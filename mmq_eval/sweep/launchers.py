@@ -5,7 +5,8 @@ Array tasks are preemption-safe: each is a submitit ``Checkpointable`` (:class:`
 On the preemption / time-limit signal (``USR2``) submitit calls :meth:`ShardTask.checkpoint`,
 which resubmits the same task unchanged, and requeues it; the requeued task resumes from the
 results store, whose finished configurations it skips. A configuration half-way when the signal
-came was never written, so it is simply evaluated again; a written one is never redone.
+came was never written, so it is simply evaluated again (the requeued task takes over its own
+claim on it, ``mmq_eval.sweep.claims``); a written one is never redone.
 """
 
 from __future__ import annotations

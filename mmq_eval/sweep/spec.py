@@ -12,6 +12,7 @@ method) are run once. Everything is checked before any evaluation starts.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import json
@@ -99,6 +100,17 @@ def config_id(model: dict, spec: QuantSpec, tasks: list, limit: int | None) -> s
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+#: How to list the task names a message about an unknown task refers to.
+LIST_TASKS = "list them with `mmq-eval run --tasks list`"
+
+
+def unknown_name(kind: str, name: str, known, listing: str) -> str:
+    """``unknown <kind> '<name>'``, the closest known names (difflib) and how to list them all."""
+    close = difflib.get_close_matches(str(name), sorted(known), n=5, cutoff=0.6)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    return f"unknown {kind} {name!r}{hint}; {listing}"
+
+
 def _fail(where: str, msg: str) -> MMQConfigError:
     return MMQConfigError(f"sweep spec {where}: {msg}")
 
@@ -124,7 +136,8 @@ def _check_model(model: Any) -> dict:
             raise _fail(f"model.{key}", f"unknown wrapper arg; known: name, {', '.join(WRAPPER_KEYS)}")
     name = model.get("name", DEFAULT_MODEL)
     if name not in lmms_models():
-        raise _fail("model.name", f"{name!r} is not a quantizable mmq-eval model ({', '.join(sorted(lmms_models()))})")
+        raise _fail("model.name", unknown_name("model", name, lmms_models(),
+                                               f"quantizable mmq-eval models: {', '.join(sorted(lmms_models()))}"))
     return model
 
 
@@ -143,16 +156,18 @@ def _indexed_task_names(include_path: Path) -> set[str]:
     return set(TaskManager(verbosity="ERROR", include_path=str(include_path)).all_tasks)
 
 
-def check_tasks(tasks: list, index: Callable[[Path], set] = _indexed_task_names) -> None:
+def check_tasks(tasks: list, index: Callable[[Path], set] = _indexed_task_names,
+                where: str = "sweep spec tasks[{i}]") -> None:
     """Raise naming the first task unknown to our task folder and to lmms-eval's task index
-    (built, ~20 s, only when a task is not one of ours)."""
+    (built, ~20 s, only when a task is not one of ours), with the closest known names.
+    ``where``: how the message names the task's place (``{i}``: its index)."""
     folder = Path(tasks_path())
     ours = our_task_names(folder)
     unknown = [t for t in tasks if t not in ours]
     known = index(folder) if unknown else set()
     for task in unknown:
         if task not in known:
-            raise _fail(f"tasks[{tasks.index(task)}]", f"unknown task {task!r} (not in {folder} nor lmms-eval's task index)")
+            raise MMQConfigError(f"{where.format(i=tasks.index(task))}: {unknown_name('task', task, known | ours, LIST_TASKS)}")
 
 
 def _excluded(args: dict, exclude: list) -> bool:
