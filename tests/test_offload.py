@@ -85,3 +85,19 @@ def test_offloaded_blip2_gptq_equals_in_memory(tmp_path):
     assert report.bpw == expected.bpw
     for name, param in model.named_parameters():
         assert torch.equal(offloaded.get_parameter(name), param), name
+
+
+def test_a_wrapper_with_offload_folder_quantizes_the_disk_offloaded_model(tmp_path):
+    from mmq_eval.models.blip2 import MMQBlip2
+
+    args = {"pretrained": "mmq:shapes-blip2", "device": "cpu", "method": "gptq", "llm_bits": 4,
+            "calib_samples": 16, "quant_cache": "none"}
+    in_memory = MMQBlip2(**args)
+    offloaded = MMQBlip2(**args, offload_folder=str(tmp_path / "offload"))
+    assert is_offloaded(offloaded.model.get_submodule("language_model.model.decoder.layers.0.fc1"))
+    assert any((tmp_path / "offload").iterdir())
+    assert offloaded.quant_report.bpw == in_memory.quant_report.bpw
+    assert [r.output_rel_err for r in offloaded.quant_report.layers] == \
+        [r.output_rel_err for r in in_memory.quant_report.layers]
+    for name, param in in_memory.model.named_parameters():
+        assert torch.equal(offloaded.model.get_parameter(name), param), name

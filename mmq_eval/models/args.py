@@ -26,6 +26,7 @@ class WrapperArgs:
     quant_cache: str | None = "default"
     report_path: str | None = None
     prompt_style: str = "auto"  # see mmq_eval.tasks.prompts.uninstructed_prompt
+    offload_folder: str | None = None  # weights kept on disk there, read a block at a time
 
     def torch_device(self) -> torch.device:
         """The device to run on; ``auto`` picks CUDA when present, else the CPU."""
@@ -41,7 +42,7 @@ class WrapperArgs:
 
 
 WRAPPER_KEYS = ("pretrained", "device", "dtype", "batch_size", "max_batch_size", "calib_data",
-                "quant_cache", "report_path", "prompt_style")
+                "quant_cache", "report_path", "prompt_style", "offload_folder")
 
 
 def unknown_key_error(key: str, accepted: Iterable[str]) -> MMQConfigError:
@@ -112,6 +113,7 @@ def parse_wrapper_args(kwargs: dict[str, Any], default_pretrained: str) -> Wrapp
         quant_cache = None
     calib_data = kwargs.get("calib_data")
     report_path = kwargs.get("report_path")
+    offload_folder = kwargs.get("offload_folder")
     prompt_style = str(kwargs.get("prompt_style") or "auto")
     if prompt_style not in PROMPT_STYLES:
         raise MMQConfigError(
@@ -128,4 +130,5 @@ def parse_wrapper_args(kwargs: dict[str, Any], default_pretrained: str) -> Wrapp
         quant_cache=None if quant_cache is None else str(quant_cache),
         report_path=None if report_path is None else str(report_path),
         prompt_style=prompt_style,
+        offload_folder=None if offload_folder is None else str(offload_folder),
     )

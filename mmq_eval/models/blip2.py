@@ -30,7 +30,7 @@ class MMQBlip2(MMQModel):
         self._architecture = architecture
         self._processor = load_processor(source)
         self._model = load_model(
-            BLIP2_CLASSES[architecture], source, self.args.torch_dtype(), self._device
+            BLIP2_CLASSES[architecture], source, self.args.torch_dtype(), self._device, self.args.offload_folder
         )
         self._processor.tokenizer.padding_side = self._padding_side
 

@@ -22,7 +22,8 @@ class MMQLlava(MMQModel):
         self._served_architecture(source)
         self._processor = load_processor(source)
         self._processor.tokenizer.padding_side = "left"
-        self._model = load_model(LlavaForConditionalGeneration, source, self.args.torch_dtype(), self._device)
+        self._model = load_model(LlavaForConditionalGeneration, source, self.args.torch_dtype(), self._device,
+                                 self.args.offload_folder)
 
     @property
     def _decoder_only(self) -> bool:

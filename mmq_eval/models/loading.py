@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoProcessor
 
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.models.image_only import allow_processors_without_torchvision
+from mmq_eval.quant.offload import load_disk_offloaded
 
 EMBEDDED_PREFIX = "mmq:"
 
@@ -101,8 +102,15 @@ def dense_after_load(model) -> None:
             del module.quantization_scheme, module.quantization_status
 
 
-def load_model(model_class, source: str, dtype: torch.dtype, device: torch.device):
-    """Load ``model_class`` from ``source`` in eval mode on ``device``, dense (``dense_after_load``)."""
+def load_model(model_class, source: str, dtype: torch.dtype, device: torch.device,
+               offload_folder: str | None = None):
+    """Load ``model_class`` from ``source`` in eval mode on ``device``, dense (``dense_after_load``).
+
+    With ``offload_folder`` the weights stay on disk there and each module's are read onto
+    ``device`` when it runs (``mmq_eval.quant.offload``): for models larger than memory.
+    """
+    if offload_folder is not None:
+        return load_disk_offloaded(model_class, source, offload_folder, device, dtype=dtype).eval()
     try:
         model = model_class.from_pretrained(source, dtype=dtype)
     except OSError as exc:

@@ -26,6 +26,7 @@ from mmq_eval.quant import quantize_model
 from mmq_eval.quant.awq import foldable_parameters
 from mmq_eval.quant.engine import CalibrationBatches
 from mmq_eval.quant.fingerprint import DigestMemo, checkpoint_digest
+from mmq_eval.quant.offload import write_parameter
 from mmq_eval.quant.plan import build_plan
 from mmq_eval.quant.registry import FAMILIES
 from mmq_eval.shapes.llava_model import CAPTION_INSTRUCTION  # LLaVA-1.5's, which the shapes models learned
@@ -172,9 +173,9 @@ class QuantizingModel:
         plan = plan or build_plan(model, spec)
         kept = self._full_precision_state
         if kept is not None:
-            with torch.no_grad():
-                for name, value in kept.items():
-                    model.get_parameter(name).copy_(value)
+            for name, value in kept.items():
+                owner, _, pname = name.rpartition(".")
+                write_parameter(model.get_submodule(owner), pname, value)
         elif self.quant_report is not None and not keep_full_precision:
             raise MMQConfigError("this model was quantized without keeping its full-precision weights")
         if kept is not None or keep_full_precision:

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmq_eval.errors import MMQConfigError
+
 
 def _offload_cache_type() -> type | None:
     try:
@@ -80,11 +82,18 @@ def onloaded(block: nn.Module):
     return disable_offloading()
 
 
-def load_disk_offloaded(model_class: type, source: str | Path, offload_folder: str | Path, **kwargs) -> nn.Module:
+def load_disk_offloaded(model_class: type, source: str | Path, offload_folder: str | Path,
+                        onload_device: torch.device | str = "cpu", **kwargs) -> nn.Module:
     """``model_class.from_pretrained(source)`` with every parameter offloaded to ``offload_folder``
-    (created if missing) and run on the CPU."""
-    from compressed_tensors.offload import load_offloaded_model
-
+    (created if missing), each module's weights read onto ``onload_device`` when it runs."""
+    try:
+        from compressed_tensors.offload import load_offloaded_model, set_onload_device
+    except ImportError:
+        raise MMQConfigError("offloading a model to disk needs compressed-tensors>=0.20: "
+                             "pip install 'mmq-eval[export]'") from None
     Path(offload_folder).mkdir(parents=True, exist_ok=True)
     with load_offloaded_model(model_class):
-        return model_class.from_pretrained(source, device_map="disk", offload_folder=str(offload_folder), **kwargs)
+        model = model_class.from_pretrained(source, device_map="disk", offload_folder=str(offload_folder), **kwargs)
+    if torch.device(onload_device).type != "cpu":
+        set_onload_device(model, torch.device(onload_device))
+    return model
