@@ -101,3 +101,15 @@ def test_a_wrapper_with_offload_folder_quantizes_the_disk_offloaded_model(tmp_pa
         [r.output_rel_err for r in in_memory.quant_report.layers]
     for name, param in in_memory.model.named_parameters():
         assert torch.equal(offloaded.model.get_parameter(name), param), name
+
+
+def test_a_cache_hit_is_written_through_the_offload(tmp_path):
+    from mmq_eval.models.blip2 import MMQBlip2
+
+    args = {"pretrained": "mmq:shapes-blip2", "device": "cpu", "method": "gptq", "llm_bits": 4,
+            "calib_samples": 16, "quant_cache": str(tmp_path / "cache")}
+    first = MMQBlip2(**args, offload_folder=str(tmp_path / "offload-1"))
+    second = MMQBlip2(**args, offload_folder=str(tmp_path / "offload-2"))
+    assert not first.quant_report.cached and second.quant_report.cached
+    for name, param in first.model.named_parameters():
+        assert torch.equal(second.model.get_parameter(name), param), name

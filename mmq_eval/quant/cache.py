@@ -40,6 +40,7 @@ from torch import nn
 
 from mmq_eval.quant.fingerprint import HASH_NAME, file_digest, new_hash, update_with_tensor
 from mmq_eval.quant.formats import QuantizedWeight
+from mmq_eval.quant.offload import write_parameter
 from mmq_eval.quant.spec import SELECTION_SETTINGS, QuantSpec
 
 logger = logging.getLogger(__name__)
@@ -164,10 +165,9 @@ class QuantCache:
                 if _identity(self.dir) == ident:  # not republished meanwhile
                     self._remove()
             return None
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, t in tensors.items():
-                params[name].copy_(t)
+        for name, t in tensors.items():  # through the offload where the model has one
+            owner, _, pname = name.rpartition(".")
+            write_parameter(model.get_submodule(owner), pname, t)
         return stored["record"], qweights
 
     def save(self, model: nn.Module, changed: list[str], record: dict, qweights: dict[str, QuantizedWeight]) -> None:
