@@ -1,5 +1,8 @@
-"""Bad invocations of run / sweep / export / report / compare: each stops with exit 2 and a message
-naming the value at fault, before anything is loaded, quantized or evaluated."""
+"""Bad invocations of run / sweep / export / report / compare / regress / prepare-data: each stops
+with exit 2 and a message naming the value at fault, before anything is loaded, quantized or
+evaluated. The other bad-input tables: tests/test_data_validation.py (data), test_finite_checks.py
+(weights and activations), test_regress_validation.py (baselines and results),
+test_cache_integrity.py (cache entries)."""
 
 import json
 from pathlib import Path
@@ -110,11 +113,28 @@ CASES = {
                                                "{tmp}/base.per_doc.jsonl: is a folder"),
     "regress: baseline read, not written, without --update": (["regress", "--baseline", "{file}/b.json", "--results",
                                                                "{results}"], 2, "baseline not found: {file}/b.json"),
+    "regress: not a baseline": (["regress", "--baseline", "{tmp}/inputs/not_a_baseline.json", "--results", "{results}"],
+                                2, "baseline {tmp}/inputs/not_a_baseline.json: not an mmq-eval-baseline/1 document"),
+    "regress: NaN tolerance": (["regress", "--baseline", "{tmp}/inputs/not_a_baseline.json", "--results", "{results}",
+                                "--abs-tol", "nan"], 2, "--abs-tol nan: must be a finite number >= 0"),
+    # data: prepare-data's raw files, and a run whose task data were never prepared (the data root is {tmp})
+    "prepare-data: --from missing": (["prepare-data", "vqav2", "--from", "{tmp}/nope", "--data-dir", "{tmp}/d"], 2,
+                                     "--from {tmp}/nope: no such folder"),
+    "prepare-data: COCO without dataset_coco.json": (["prepare-data", "coco_karpathy", "--from", "{empty}",
+                                                      "--data-dir", "{tmp}/d"], 2, "expected {empty}/dataset_coco.json"),
+    "prepare-data: calibration images without captions": (["prepare-data", "calib", "--from", "{empty}", "--data-dir",
+                                                           "{tmp}/d"], 2, "holds no image with a non-empty caption"),
+    "run: task data not prepared": (["run", "--model", "mmq_blip2", "--model_args", SHAPES, "--tasks",
+                                     "mmq_vqav2_val_lite", "--limit", "2"], 2,
+                                    "{tmp}/vqav2/val.parquet is missing: prepare it once with"),
 }
 
 
 @pytest.fixture
-def places(tmp_path):
+def places(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMQ_DATA_DIR", str(tmp_path))
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "not_a_baseline.json").write_text('{"configs": {}}\n')
     (tmp_path / "file").write_text("not a folder\n")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "kept.txt").write_text("finished work\n")
@@ -139,7 +159,7 @@ def places(tmp_path):
 
 
 def test_the_table_is_large_enough():
-    assert len(CASES) >= 50
+    assert len(CASES) >= 60
 
 
 @pytest.mark.parametrize("case", CASES)
