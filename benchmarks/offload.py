@@ -4,8 +4,10 @@ Builds BLIP-2 OPT-2.7b at full width (random float32 weights) with its OPT stack
 ``--llm-blocks`` (e.g. 4 and 8 blocks), saves it, then quantizes the LLM with GPTQ 4-bit on
 ``--calib-samples`` synthetic samples twice, each in a fresh process: loaded whole into memory, and
 loaded disk-offloaded (``mmq_eval.quant.offload.load_disk_offloaded``: weights read one block at a
-time). It reports each run's peak resident memory and seconds beside the checkpoint's size: held in
-memory the peak grows with the model; offloaded it stays near one block plus its activations.
+time). It reports each run's peak resident memory (and, sampled, its anonymous part: RSS also
+counts the file pages of the memory-mapped offload files, which the kernel can drop) and seconds
+beside the checkpoint's size: held in memory the peak grows with the model; offloaded it stays
+near one block plus its activations (and the uint8 codes kept for export, 1 byte per weight).
 
     .venv/bin/python benchmarks/offload.py --llm-blocks 4 8 [--json out.json]
 """
@@ -18,6 +20,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +42,27 @@ def build_checkpoint(folder: Path, llm_blocks: int) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
+class AnonymousPeak:
+    """Peak anonymous resident memory (``RssAnon``: the process's own data, not the file pages of the
+    memory-mapped offload files, which the kernel can drop), sampled every 20 ms in a thread."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 def measure(checkpoint: str, offloaded: bool, calib_samples: int) -> dict:
     """Load `checkpoint` (offloaded or not) and GPTQ-quantize its LLM, in this process."""
     sys.path.insert(0, str(ROOT))
@@ -50,6 +74,7 @@ def measure(checkpoint: str, offloaded: bool, calib_samples: int) -> dict:
     from mmq_eval.quant.offload import load_disk_offloaded
 
     torch.manual_seed(0)
+    anonymous = AnonymousPeak()
     t = time.perf_counter()
     if offloaded:
         model = load_disk_offloaded(g.Blip2ForConditionalGeneration, checkpoint, Path(checkpoint) / "offload")
@@ -58,10 +83,11 @@ def measure(checkpoint: str, offloaded: bool, calib_samples: int) -> dict:
     load_s = time.perf_counter() - t
     batches = g.synthetic_batches(model, calib_samples, batch_size=16, text_len=32)
     t = time.perf_counter()
-    report = quantize_model(model, QuantSpec(method="gptq", llm_bits=4, calib_samples=calib_samples),
-                            batches, progress=False)
+    spec = QuantSpec.from_args({"method": "gptq", "llm_bits": 4, "calib_samples": calib_samples})
+    report = quantize_model(model, spec, batches, progress=False)
     return {"offloaded": offloaded, "load_s": round(load_s, 1), "quantize_s": round(time.perf_counter() - t, 1),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB, 2),
+            "peak_anon_gib": round(anonymous.stop() / GiB, 2),
             "bpw": round(report.bpw, 4)}
 
 
@@ -87,10 +113,11 @@ def main() -> None:
                        **json.loads(out.stdout.strip().splitlines()[-1])}
                 rows.append(row)
                 print(row, flush=True)
-    print("\n| OPT blocks | checkpoint GiB | loaded | peak RSS GiB | quantize s |\n| --- | --- | --- | --- | --- |")
+    print("\n| OPT blocks | checkpoint GiB | loaded | peak RSS GiB | of it anonymous GiB | quantize s |\n"
+          "| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['llm_blocks']} | {r['checkpoint_gib']} | {'disk-offloaded' if r['offloaded'] else 'in memory'} "
-              f"| {r['peak_rss_gib']} | {r['quantize_s']} |")
+              f"| {r['peak_rss_gib']} | {r['peak_anon_gib']} | {r['quantize_s']} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

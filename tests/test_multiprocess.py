@@ -1,5 +1,6 @@
 """Multi-process evaluation from the environment `make` builds: `accelerate launch` and `torchrun`
-really start two ranks (gloo on the CPU) and give the single-process scores and answers."""
+really start two ranks (gloo on the CPU) and give the single-process scores and answers, each
+document with its own doc_hash."""
 
 import json
 import os
@@ -29,7 +30,7 @@ def _evaluate(launcher: list[str], out: Path) -> tuple[subprocess.CompletedProce
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(next(out.rglob("*_results.json")).read_text())
     samples = [json.loads(line) for line in next(out.rglob("*_samples_mmq_shapes_vqa.jsonl")).read_text().splitlines()]
-    answers = {s["doc_id"]: s["filtered_resps"] for s in samples}
+    answers = {s["doc_id"]: (s["filtered_resps"], s["doc_hash"]) for s in samples}
     return proc, results, answers
 
 
@@ -46,7 +47,8 @@ def test_two_processes_give_the_single_process_scores(name, single, tmp_path):
     log = proc.stdout + proc.stderr
     assert "Running on rank 0" in log and "Running on rank 1" in log
     one_results, one_answers = single
-    assert answers == one_answers and len(answers) == 12
+    assert answers == one_answers and len(answers) == 12  # the same answers to the same documents
+    assert len({doc_hash for _, doc_hash in answers.values()}) == 12
     assert results["results"]["mmq_shapes_vqa"]["accuracy,none"] == \
         one_results["results"]["mmq_shapes_vqa"]["accuracy,none"]
     assert results["mmq_quant"]["bpw"] == one_results["mmq_quant"]["bpw"]

@@ -1,6 +1,7 @@
 """The architecture registry: every registered family walks the same checks, a family registered
 from outside the package quantizes, and a missing or mismatched entry is a clear error."""
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -120,6 +121,17 @@ def test_every_method_runs_and_keeps_its_codes(arch, variant, method):
         assert torch.isfinite(_outputs(model, model(**batches[0]))).all()
 
 
+@dataclass
+class Unrounded(QuantizedWeight):
+    """A "quantized" weight that dequantizes to the weight itself (the engine dequantizes a block's
+    weights one at a time when it sets them)."""
+
+    exact: torch.Tensor | None = None
+
+    def dequantize(self) -> torch.Tensor:
+        return self.exact
+
+
 @pytest.mark.parametrize(("arch", "variant"), CASES)
 def test_awq_folds_are_exact_before_rounding(arch, variant, monkeypatch):
     model, _, batches = tiny(arch, variant)
@@ -133,8 +145,8 @@ def test_awq_folds_are_exact_before_rounding(arch, variant, monkeypatch):
         return torch.exp(torch.randn(X.shape[1], generator=gen, dtype=torch.float64) * 0.5)
 
     def unrounded(W, clip, fmt):
-        return QuantizedWeight(torch.zeros_like(W, dtype=torch.uint8), torch.ones(W.shape[0], 1),
-                               torch.zeros(W.shape[0], 1), W.shape[1], fmt.bits, fmt.sym, weight=W.clone())
+        return Unrounded(torch.zeros_like(W, dtype=torch.uint8), torch.ones(W.shape[0], 1),
+                         torch.zeros(W.shape[0], 1), W.shape[1], fmt.bits, fmt.sym, weight=W.clone(), exact=W.clone())
 
     monkeypatch.setattr(awq_mod, "search_scale", random_scale)
     monkeypatch.setattr(awq_mod, "quantize_with_clip", unrounded)

@@ -300,7 +300,7 @@ def output_error(W: Tensor, Q: Tensor, X: Tensor) -> float:
     n, (rows, cols) = X.shape[0], W.shape
     if n * cols + 2 * rows * cols < 2 * n * rows:
         return relative_output_error(W, Q, X.t() @ X)
-    W, Q = W.float(), Q.float()
+    W, Q, X = W.float(), Q.float(), X.float()
     num = torch.sum((X @ (Q - W).t()) ** 2)
     den = torch.sum((X @ W.t()) ** 2)
     return float(num / den) if den > 0 else 0.0
