@@ -72,6 +72,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, shard: tuple[int, int] = (0, 1)
                     if cfg.config_id in finished_ids(out_dir):  # stored by another sweep meanwhile
                         by_others += 1
                     else:
+                        bar.set_postfix_str(_describe(cfg.features), refresh=False)
                         _evaluate(sweep, cfg, evaluator, store, per_doc_store, shard, cfg.config_id in no_effect)
                         ran += 1
                 finally:
