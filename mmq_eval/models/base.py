@@ -19,8 +19,6 @@ from mmq_eval.models.args import WRAPPER_KEYS, parse_wrapper_args, unknown_key_e
 from mmq_eval.models.loading import resolve_pretrained
 from mmq_eval.models.quantizing import QuantizingModel, served_architecture
 from mmq_eval.quant import QUANT_ARG_KEYS, QuantSpec
-from mmq_eval.quant.plan import build_plan
-from mmq_eval.quant.registry import family
 
 DEFAULT_MAX_NEW_TOKENS = 32
 
@@ -49,15 +47,7 @@ class MMQModel(QuantizingModel, lmms):
         else:
             self._device = self.args.torch_device()
         self._load(self._source)
-        self._family = family(type(self._model).__name__)
-        self._checkpoint_source, self._fingerprint = self._source, None  # hashed when a cache needs it
-        self._full_precision_state: dict[str, torch.Tensor] | None = None
-        self.quant_report = None
-        if self._packed_folder is not None:
-            self._report_packed()
-        plan = build_plan(self._model, spec)
-        if not spec.is_noop:
-            self.apply_quant(spec, keep_full_precision=False, plan=plan)
+        self._quantize_loaded(self._source, spec)
 
     # ---- hooks for model families -------------------------------------------------------
     def _load(self, source: str) -> None:

@@ -44,8 +44,6 @@ from mmq_eval.models.args import parse_wrapper_args, unknown_key_error  # noqa: 
 from mmq_eval.models.loading import dense_after_load, resolve_pretrained  # noqa: E402
 from mmq_eval.models.quantizing import QuantizingModel, served_architecture  # noqa: E402
 from mmq_eval.quant import QUANT_ARG_KEYS, QuantSpec  # noqa: E402
-from mmq_eval.quant.plan import build_plan  # noqa: E402
-from mmq_eval.quant.registry import family  # noqa: E402
 
 #: Model args of ours that the lmms-eval classes do not take.
 OWN_KEYS = ("calib_data", "quant_cache", "report_path", "prompt_style")
@@ -79,15 +77,7 @@ class QuantizedLmmsModel(QuantizingModel):
         super().__init__(**kwargs)
         dense_after_load(self.model)
         self._processor = self._loaded_processor()
-        self._family = family(type(self.model).__name__)
-        self._checkpoint_source, self._fingerprint = source, None  # hashed when a cache needs it
-        self._full_precision_state = None
-        self.quant_report = None
-        if self._packed_folder is not None:
-            self._report_packed()
-        plan = build_plan(self.model, spec)
-        if not spec.is_noop:
-            self.apply_quant(spec, keep_full_precision=False, plan=plan)
+        self._quantize_loaded(source, spec)
 
     def _loaded_processor(self):
         """The processor the lmms-eval class loaded (``processor``; ``_image_processor`` in llava_hf)."""

@@ -3,11 +3,10 @@ family's text format, quantizing the loaded model (keeping its full-precision we
 and the report.
 
 `QuantizingModel` is a mixin. Its host sets ``self.args`` (``WrapperArgs``: pretrained,
-calib_data, quant_cache, report_path), ``self._processor``, ``self._family`` (registry entry),
-``self._device``, ``self._checkpoint_source`` (the folder or hub id loaded), ``self._fingerprint =
-None``, ``self._full_precision_state = None`` and ``self.quant_report = None``, and has ``model``, ``tokenizer`` and ``rank``.
-A checkpoint that is already quantized (an ``mmq-eval export``) is evaluated as stored: the host
-sets ``self._packed_folder`` from ``_packed_checkpoint`` and calls ``_report_packed`` once loaded.
+calib_data, quant_cache, report_path), ``self._processor``, ``self._device`` and
+``self._packed_folder`` (``_packed_checkpoint``: a checkpoint that is already quantized, an
+``mmq-eval export``, is evaluated as stored), has ``model``, ``tokenizer`` and ``rank``, and
+calls ``_quantize_loaded`` once the model is loaded.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from mmq_eval.quant.engine import CalibrationBatches
 from mmq_eval.quant.fingerprint import DigestMemo, checkpoint_digest
 from mmq_eval.quant.offload import write_parameter
 from mmq_eval.quant.plan import build_plan
-from mmq_eval.quant.registry import FAMILIES
+from mmq_eval.quant.registry import FAMILIES, family
 from mmq_eval.shapes.llava_model import CAPTION_INSTRUCTION  # LLaVA-1.5's, which the shapes models learned
 from mmq_eval.tasks.prompts import uninstructed_prompt
 
@@ -103,6 +102,20 @@ class QuantizingModel:
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
             return self._processor.apply_chat_template(messages, add_generation_prompt=True)
         return FALLBACK_CHAT.format(prompt=text)
+
+    def _quantize_loaded(self, source: str, spec) -> None:
+        """Once the host has loaded ``model`` from ``source``: its family entry, the state this side
+        keeps, the report of a packed checkpoint, then ``spec`` applied (nothing kept for sweeps,
+        which call ``apply_quant`` themselves)."""
+        self._family = family(type(self.model).__name__)
+        self._checkpoint_source, self._fingerprint = source, None  # hashed when a cache needs it
+        self._full_precision_state: dict[str, torch.Tensor] | None = None
+        self.quant_report = None
+        if self._packed_folder is not None:
+            self._report_packed()
+        plan = build_plan(self.model, spec)
+        if not spec.is_noop:
+            self.apply_quant(spec, keep_full_precision=False, plan=plan)
 
     def _calibration_text(self, caption: str) -> str:
         """The text of one calibration example (image + caption) as the model reads it: the caption
