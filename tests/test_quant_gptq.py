@@ -113,7 +113,8 @@ def test_calibration_error_below_rtn(bits):
         acc.add(chunk)
     H = acc.hessian()
     assert torch.allclose(H, 2 * X.t() @ X / X.shape[0], rtol=1e-4, atol=1e-3)
-    gptq = gptq_quantize(W, H, bits, 128, sym=False).qweight.weight
+    res = gptq_quantize(W, H.clone(), bits, 128, sym=False)
+    gptq = res.qweight.weight
     rtn = fake_quantize(W, bits, 128, sym=False)
 
     def err(Q):
@@ -121,6 +122,39 @@ def test_calibration_error_below_rtn(bits):
 
     assert err(gptq) < 0.8 * err(rtn)
     assert relative_output_error(W, gptq, H) == pytest.approx(float(err(gptq)), rel=1e-3)
+    assert res.output_rel_err == pytest.approx(float(err(gptq)), rel=1e-3)  # from GPTQ's own errors
+
+
+def test_hessian_accumulates_one_triangle_and_returns_the_symmetric_matrix():
+    X = torch.randn(300, 1100, dtype=torch.float64)  # wider than the 1024-row mirroring blocks
+    acc = HessianAccumulator(1100, X.device)
+    for chunk in (X[:120], X[120:120], X[120:]):  # an empty batch adds nothing
+        acc.add(chunk)
+    H = acc.hessian()
+    assert acc.count == 300 and torch.equal(H, H.t())
+    assert torch.allclose(H.double(), 2 * X.t() @ X / 300, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act_order,damp", [(False, 0.01), (True, 0.01), (False, 0.5)])
+def test_output_error_from_the_scaled_errors_equals_the_direct_one(act_order, damp):
+    """W − Q = E·U makes ‖E‖² the damped quadratic error; the damping's share comes off exactly,
+    also with dead inputs (their weights are not part of the output) and a reordered H."""
+    W, X = _layer(40, 96, 400, seed=7)
+    X[:, [3, 50]] = 0
+    H = 2 * X.t() @ X / X.shape[0]
+    res = gptq_quantize(W, H.clone(), 3, 32, sym=False, act_order=act_order, damp=damp)
+    direct = ((X @ (res.qweight.weight - W).t()) ** 2).sum() / ((X @ W.t()) ** 2).sum()
+    assert res.output_rel_err == pytest.approx(float(direct), rel=1e-9)  # float64 throughout
+    assert res.output_rel_err > 0.001
+
+
+def test_the_hessian_is_consumed_as_the_inverse_factor():
+    W, X = _layer(8, 24, 100, seed=3)
+    H = (2 * X.t() @ X / X.shape[0]).float()
+    damped = H + 0.01 * H.diagonal().mean() * torch.eye(24)
+    gptq_quantize(W.float(), H, 4, 24, sym=True)
+    assert torch.equal(H, H.triu())  # H's own memory now holds U, with Uᵀ U = (H + λI)⁻¹
+    assert torch.allclose(H.t() @ H, torch.linalg.inv(damped.double()).float(), rtol=1e-4, atol=1e-6)
 
 
 def test_non_positive_definite_hessian_retries_with_more_damping():

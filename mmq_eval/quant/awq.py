@@ -43,6 +43,7 @@ from mmq_eval.quant.formats import (
 )
 from mmq_eval.quant.gptq import relative_output_error
 from mmq_eval.quant.registry import ACTIVATION, NORM, BlockKind, ScaleMapping
+from mmq_eval.quant.shared_inputs import SharedInputs
 
 SCALE_GRID = 20
 CLIP_GRID = 20
@@ -54,31 +55,61 @@ SEARCH_BYTES = 1 << 29  # temporaries of one batched grid step
 HOMOGENEOUS = (nn.ReLU, nn.Identity)
 
 
-class AWQStats:
-    """The statistics AWQ gathers for one block: per targeted Linear, the mean |x| of each input
-    channel over all calibration tokens and up to SCALE_TOKENS input rows (evenly subsampled per call)."""
+class InputRows:
+    """What AWQ keeps of one Linear's inputs: the sum of |x| per input channel over all tokens,
+    their count, and up to `cap` rows per call (evenly subsampled)."""
 
-    def __init__(self, modules: dict[str, nn.Linear], n_samples: int):
-        self.cap = rows_per_call(SCALE_TOKENS, n_samples)
-        self.abs_sum: dict[str, Tensor] = {}
-        self.count: dict[str, int] = {}
-        self.rows: dict[str, list] = {n: [] for n in modules}
+    def __init__(self, cap: int):
+        self.cap, self.abs_sum, self.count, self.rows = cap, 0, 0, []
 
-    def add(self, name: str, x: Tensor) -> None:
+    def add(self, x: Tensor) -> None:
         x = x.float()
-        self.abs_sum[name] = self.abs_sum.get(name, 0) + x.abs().sum(0)
-        self.count[name] = self.count.get(name, 0) + x.shape[0]
+        self.abs_sum = self.abs_sum + x.abs().sum(0)
+        self.count += x.shape[0]
         if x.shape[0] > self.cap:
             x = x[torch.linspace(0, x.shape[0] - 1, self.cap, device=x.device).long()]
-        self.rows[name].append(x)
+        self.rows.append(x)
+
+    def copy(self) -> InputRows:
+        twin = InputRows(self.cap)
+        twin.abs_sum, twin.count, twin.rows = self.abs_sum, self.count, list(self.rows)
+        return twin
+
+
+class AWQStats:
+    """The statistics AWQ gathers for one block: `InputRows` per targeted Linear, one for Linears
+    that read the same input (``SharedInputs``)."""
+
+    def __init__(self, modules: dict[str, nn.Linear], n_samples: int):
+        cap = rows_per_call(SCALE_TOKENS, n_samples)
+        self.shared = SharedInputs({n: m.in_features for n, m in modules.items()}, lambda key: InputRows(cap))
+        self._accs: dict[str, InputRows] | None = None
+
+    def add(self, name: str, x: Tensor) -> None:
+        self.shared.add(name, x)
+
+    def _accumulators(self) -> dict[str, InputRows]:
+        if self._accs is None:
+            self._accs = self.shared.accumulators()
+        return self._accs
 
     def inputs(self) -> dict[str, Tensor]:
-        """Recorded input rows of each Linear the calibration reached (handed over: not kept here)."""
-        rows, self.rows = self.rows, {}
-        return {n: torch.cat(r)[:SCALE_TOKENS] for n, r in rows.items() if r}
+        """Recorded input rows of each Linear the calibration reached, one tensor for Linears that
+        shared their inputs (handed over: not kept here)."""
+        joined: dict[int, Tensor] = {}
+        out = {}
+        for name, acc in self._accumulators().items():
+            if acc.rows:
+                if id(acc) not in joined:
+                    joined[id(acc)] = torch.cat(acc.rows)[:SCALE_TOKENS]
+                out[name] = joined[id(acc)]
+        for acc in self._accs.values():
+            acc.rows = []
+        return out
 
     def x_mean(self, name: str) -> Tensor:
-        return self.abs_sum[name] / self.count[name]
+        acc = self._accumulators()[name]
+        return acc.abs_sum / acc.count
 
 
 def _module(block: nn.Module, path: str) -> nn.Module | None:
@@ -330,8 +361,9 @@ def quantize_block(block: nn.Module, block_path: str, kind: BlockKind, targets: 
         if s is None:
             continue
         result.changed += [f"{block_path}.{c}" for c in fold_scale(block, m, s)]
+        shared, divided = X[first], X[first] / s  # the mapping's Linears read one input: divided once
         for r in m.linears:
-            X[full[r]] = X[full[r]] / s
+            X[full[r]] = divided if X[full[r]] is shared else X[full[r]] / s
             scaled.add(r)
     for name, fmt in targets.items():
         if name not in X:

@@ -10,7 +10,7 @@ Three places a non-finite value can enter, each with its own cause and fix:
 - what a quantizer returns (`check_result`): scales, zero points or dequantized weight that are
   not finite although the weight was — the method failed (`NonFiniteResult`, a failed run).
 
-Each check is one ``torch.isfinite(...).all()`` per tensor; the count is taken only on failure.
+Each check is ``torch.isfinite(...).all()`` over a few rows at a time; the count is taken only on failure.
 """
 
 from __future__ import annotations
@@ -28,9 +28,20 @@ class NonFiniteResult(RuntimeError):
     """A quantizer produced NaN/Inf from finite inputs: the run failed (not the user's input)."""
 
 
+CHECK_ELEMENTS = 1 << 22  # per chunk: torch.isfinite allocates a float and two bool copies of what it checks
+
+
+def all_finite(t: Tensor) -> bool:
+    """Whether every entry of `t` is finite, checked a few rows at a time (bounded temporaries)."""
+    if t.dim() < 2 or t.numel() <= CHECK_ELEMENTS:
+        return bool(torch.isfinite(t).all())
+    rows = max(1, CHECK_ELEMENTS // t[0].numel())
+    return all(bool(torch.isfinite(c).all()) for c in t.split(rows))
+
+
 def _bad(t: Tensor) -> int:
     """How many entries of `t` are NaN or ±Inf (0 when all are finite)."""
-    if bool(torch.isfinite(t).all()):
+    if all_finite(t):
         return 0
     return int((~torch.isfinite(t)).sum())
 

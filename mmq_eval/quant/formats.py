@@ -130,9 +130,15 @@ class QuantizedWeight:
         return self.scale[:, self.g_idx], self.zero[:, self.g_idx]
 
     def dequantize(self) -> Tensor:
-        """``scale · (q − zero)`` per column (for per-tensor uniform, up to float rounding of `weight`)."""
-        s, z = self.column_params()
-        return s * (self.codes.to(s.dtype) - z)
+        """``scale · (q − zero)`` per column (for per-tensor uniform, up to float rounding of `weight`),
+        in one weight-sized tensor: the grid broadcasts over each group instead of being expanded."""
+        rows, cols = self.codes.shape
+        if self.g_idx is not None:
+            s, z = self.scale[:, self.g_idx], self.zero[:, self.g_idx]
+            return self.codes.to(s.dtype, memory_format=torch.contiguous_format).sub_(z).mul_(s)
+        gs = self.group_size or cols  # per tensor: one (1, 1) grid
+        q = self.codes.to(self.scale.dtype, memory_format=torch.contiguous_format).reshape(rows, cols // gs, gs)
+        return q.sub_(self.zero[..., None]).mul_(self.scale[..., None]).reshape(rows, cols)
 
     def compact(self) -> QuantizedWeight:
         """The same without `weight` (what a report or cache keeps)."""

@@ -11,42 +11,81 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy.linalg import lapack
 from torch import Tensor, nn
 
 from mmq_eval.quant.block import BlockResult, relative
-from mmq_eval.quant.finite import NonFiniteResult
+from mmq_eval.quant.finite import NonFiniteResult, all_finite
 from mmq_eval.quant.formats import LayerFormat, QuantizedWeight, group_qparams, quantize_codes
-from mmq_eval.quant.threads import one_cpu_thread
+from mmq_eval.quant.shared_inputs import SharedInputs
+from mmq_eval.quant.threads import blas_threads_like_torch, one_cpu_thread
 
 MAX_DAMP_RETRIES = 4
+TRIANGLE_BLOCKS = 8  # Hessian accumulation: at most this many column blocks ...
+MIN_TRIANGLE_BLOCK = 384  # ... of at least this many features
 
 
 class HessianAccumulator:
-    """Accumulates H = 2/n · Σ x xᵀ over calibration tokens (rows of x)."""
+    """Accumulates H = 2/n · Σ x xᵀ over calibration tokens (rows of x).
+
+    H is symmetric, so each batch adds only the blocks on and above the diagonal of a grid of up
+    to TRIANGLE_BLOCKS × TRIANGLE_BLOCKS (0.6× a full matmul's time at 8); `hessian()` mirrors
+    them into the lower triangle. (BLAS syrk would do the same, but scipy's BLAS threads contend
+    with torch's between calls.)
+    """
 
     def __init__(self, n_features: int, device: torch.device):
         self.sum = torch.zeros(n_features, n_features, dtype=torch.float32, device=device)
         self.count = 0
+        blocks = min(TRIANGLE_BLOCKS, max(1, n_features // MIN_TRIANGLE_BLOCK))
+        self._edges = [round(i * n_features / blocks) for i in range(blocks + 1)]
+        self._spent = False
 
     def add(self, x: Tensor) -> None:
         x = x.float()
-        self.sum.addmm_(x.t(), x)
         self.count += x.shape[0]
+        for i1, i2 in zip(self._edges, self._edges[1:]):
+            self.sum[i1:i2, i1:].addmm_(x[:, i1:i2].t(), x[:, i1:])
+
+    def copy(self) -> HessianAccumulator:
+        twin = HessianAccumulator.__new__(HessianAccumulator)
+        twin.sum, twin.count, twin._edges, twin._spent = self.sum.clone(), self.count, self._edges, self._spent
+        return twin
 
     def hessian(self) -> Tensor:
-        """H, scaled in place (no second (in, in) matrix): the accumulator is spent."""
-        return self.sum.mul_(2.0 / max(self.count, 1))
+        """H, made symmetric and scaled in place the first time (no second (in, in) matrix): the
+        accumulator is spent."""
+        if not self._spent:
+            _mirror(self.sum, from_lower=False)
+            self.sum.mul_(2.0 / max(self.count, 1))
+            self._spent = True
+        return self.sum
 
 
 class HessianStats:
-    """The statistics GPTQ gathers for one block: a HessianAccumulator per targeted Linear."""
+    """The statistics GPTQ gathers for one block: a HessianAccumulator per targeted Linear, one
+    for Linears that read the same input (``SharedInputs``)."""
 
     def __init__(self, modules: dict[str, nn.Linear], n_samples: int):
-        self.acc = {n: HessianAccumulator(m.in_features, m.weight.device) for n, m in modules.items()}
+        self.shared = SharedInputs({n: (m.in_features, m.weight.device) for n, m in modules.items()},
+                                   lambda key: HessianAccumulator(*key))
+        self._accs: dict[str, HessianAccumulator] | None = None
 
     def add(self, name: str, x: Tensor) -> None:
-        self.acc[name].add(x)
+        self.shared.add(name, x)
+
+    def take(self, name: str) -> Tensor | None:
+        """The Hessian of `name`'s inputs for GPTQ to consume (None when no input reached it): the
+        shared matrix itself for the last Linear that needs it, a copy before."""
+        if self._accs is None:
+            self._accs = self.shared.accumulators()
+        acc = self._accs.pop(name)
+        if acc.count == 0:
+            return None
+        H = acc.hessian()
+        return H.clone() if any(a is acc for a in self._accs.values()) else H
 
 
 @dataclass
@@ -54,35 +93,87 @@ class GPTQResult:
     qweight: QuantizedWeight  # codes, per-group scale / zero (and g_idx under act_order), dequantized weight
     damp: float  # relative damping finally used
     retries: int  # how many times the damping was raised 10x
+    output_rel_err: float  # ‖X(Q − W)ᵀ‖² / ‖X Wᵀ‖² on the calibration tokens (H ∝ XᵀX)
 
 
 def inverse_hessian_factor(H: Tensor, damp: float, name: str = "layer") -> tuple[Tensor, float, int]:
-    """Upper Cholesky factor U of (H + λI)⁻¹ (Uᵀ U = H⁻¹), λ = damp · mean(diag H).
+    """Upper Cholesky factor U of (H + λI)⁻¹ (Uᵀ U = (H + λI)⁻¹), λ = damp · mean(diag H).
 
-    A non-positive-definite H is retried with 10× the damping, with a warning, up to
-    MAX_DAMP_RETRIES times. A non-finite H (its inputs overflowed float32) is a failed run, blamed on `name`.
+    H is consumed: on the CPU, U is computed in H's own memory (LAPACK in place: no second
+    (in, in) matrix), and the result is H's storage with its lower triangle zeroed. A
+    non-positive-definite H is restored and retried with 10× the damping, with a warning, up to
+    MAX_DAMP_RETRIES times. A non-finite H (its inputs overflowed float32) is a failed run,
+    blamed on `name`.
     """
-    if not bool(torch.isfinite(H).all()):
+    if not all_finite(H):
         raise NonFiniteResult(f"GPTQ {name}: the Hessian of its calibration inputs holds NaN/Inf "
                               "(inputs too large to accumulate in float32)")
-    mean_diag = torch.mean(torch.diag(H))
-    idx = torch.arange(H.shape[0], device=H.device)
+    diag = H.diagonal().clone()
+    mean_diag = torch.mean(diag)
     for retry in range(MAX_DAMP_RETRIES + 1):
-        Hd = H.clone()
-        Hd[idx, idx] += damp * mean_diag
-        L, info = torch.linalg.cholesky_ex(Hd)
-        del Hd  # at most two (in, in) work matrices besides H at any time
-        if info == 0:
-            Hinv = torch.cholesky_inverse(L)
-            del L
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-            del Hinv
-            if info == 0:
-                return U, damp, retry
+        H.diagonal().copy_(diag + damp * mean_diag)
+        U = _factor_in_place(H) if H.device.type == "cpu" else _factor(H)
+        if U is not None:
+            return U, damp, retry
+        _mirror(H, from_lower=True)
+        H.diagonal().copy_(diag)
         if retry < MAX_DAMP_RETRIES:
             warnings.warn(f"GPTQ {name}: Hessian not positive definite at damp={damp:g}; retrying with {damp * 10:g}")
             damp *= 10
     raise RuntimeError(f"GPTQ {name}: Hessian not positive definite even at damp={damp:g}")
+
+
+def _factor_in_place(H: Tensor) -> Tensor | None:
+    """LAPACK potrf, potri, potrf on H's memory; None if H is not positive definite.
+
+    H (C order) read as a Fortran array is Hᵀ, so LAPACK's lower triangle is H's upper one:
+    potrf gives L (H = L Lᵀ) there as Lᵀ, potri turns it into (H⁻¹)'s triangle, and potrf again
+    gives L₂ (H⁻¹ = L₂ L₂ᵀ) as L₂ᵀ = U. H's strict lower triangle is never written: it still holds
+    the matrix for a retry until U is returned.
+    """
+    H = H if H.is_contiguous() else H.contiguous()
+    a = H.numpy().T
+    potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
+    with blas_threads_like_torch():
+        for step in (lambda m: potrf(m, lower=1, clean=0, overwrite_a=1),
+                     lambda m: potri(m, lower=1, overwrite_c=1),
+                     lambda m: potrf(m, lower=1, clean=0, overwrite_a=1)):
+            out, info = step(a)
+            if not np.shares_memory(out, a):
+                raise RuntimeError("LAPACK copied the Hessian instead of factoring it in place")
+            if info != 0:
+                return None
+    return H.triu_()
+
+
+def _factor(H: Tensor) -> Tensor | None:
+    """The same with torch's out-of-place factorisations (accelerators); H itself is not written."""
+    L, info = torch.linalg.cholesky_ex(H)
+    if info != 0:
+        return None
+    Hinv = torch.cholesky_inverse(L)
+    del L  # at most two (in, in) work matrices besides H at any time
+    U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+    return U if info == 0 else None
+
+
+def _mirror(H: Tensor, from_lower: bool, block: int = 1024) -> None:
+    """Make H symmetric from its strict lower (or upper) triangle, block by block in place."""
+    n = H.shape[0]
+    for i1 in range(0, n, block):
+        i2 = min(i1 + block, n)
+        if from_lower:
+            H[i1:i2, i2:] = H[i2:, i1:i2].t()
+        else:
+            H[i2:, i1:i2] = H[i1:i2, i2:].t()
+        d = H[i1:i2, i1:i2]
+        half = d.tril(-1) if from_lower else d.triu(1)
+        d.copy_(half + half.t() + torch.diag(d.diagonal()))
+
+
+def _quadratic_sum(W: Tensor, H: Tensor, rows: int = 1024) -> float:
+    """Σ_r w_r H w_rᵀ over the rows of W (‖X Wᵀ‖² up to H's scale), a few rows at a time."""
+    return sum(float(torch.sum((w @ H) * w, dtype=torch.float64)) for w in W.split(rows))
 
 
 @torch.no_grad()
@@ -102,42 +193,47 @@ def gptq_quantize(
     """GPTQ-quantize weight W (out, in) given the Hessian H (in, in) of its inputs.
 
     group_size = in_features means per channel. Computes in float32 (float64 if W is float64).
-    Returns the integer codes with their per-group scales and zero points, and the dequantized
-    weights (original column order).
+    H is consumed (its memory becomes the inverse Hessian's factor): pass a copy to keep it.
+    Returns the integer codes with their per-group scales and zero points, the dequantized
+    weights (original column order) and the output error, which costs no extra pass: GPTQ's
+    updates make W − Q = E·U for the scaled errors E it computes column by column, so
+    (W − Q)(H + λI)(W − Q)ᵀ sums to ‖E‖², and the damping's share λ‖W − Q‖² is taken off.
     """
     dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
-    W = W.detach().to(dtype, copy=True)
-    H = H.detach().to(dtype)  # copied below only where changed: the caller's H stays as given
-    rows, cols = W.shape
+    W_given = W.detach().to(dtype)
+    H = H.detach().to(dtype)
+    rows, cols = W_given.shape
     maxq = 2**bits - 1
     grouped = group_size < cols
+    signal = _quadratic_sum(W_given, H)  # ‖X Wᵀ‖², before H is changed
 
+    # Work on Wᵀ so that a column of W is a contiguous row: the per-column updates stay in cache.
+    WT = W_given.t().clone(memory_format=torch.contiguous_format)
     dead = torch.diag(H) == 0
     if bool(dead.any()):
-        H = H.clone()
         H[dead, dead] = 1
-        W[:, dead] = 0
+        WT[dead] = 0
 
     if not grouped:
-        scale, zero = group_qparams(W, bits, cols, sym)  # (rows, 1)
+        scale, zero = group_qparams(WT.t(), bits, cols, sym)  # (rows, 1)
     elif static_groups:
-        g_scale, g_zero = group_qparams(W, bits, group_size, sym)  # (rows, groups)
+        g_scale, g_zero = group_qparams(WT.t(), bits, group_size, sym)  # (rows, groups)
 
     perm = None
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
-        W = W[:, perm]
+        WT = WT[perm]
         H = H[perm[:, None], perm]
     order = perm.tolist() if perm is not None else range(cols)  # original index of each column
 
+    damping = float(torch.mean(torch.diag(H)))  # λ / damp
     U, damp_used, retries = inverse_hessian_factor(H, damp, name)
     del H
+    damping *= damp_used
 
-    # Work on Wᵀ so that a column of W is a contiguous row: the per-column updates stay in cache.
-    WT = W.t().contiguous()
-    del W
     codes = torch.empty(WT.shape, dtype=torch.uint8, device=WT.device)  # integers in [0, maxq]
     group_scales, group_zeros = [], []  # dynamic groups, in processing order
+    err_sq = 0.0  # ‖E‖²
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         W1 = WT[i1:i2]  # view: updates land in WT
@@ -163,8 +259,9 @@ def gptq_quantize(
                 e.div_(U1[i, i])
                 W1[i + 1:].addr_(U1[i, i + 1:], e, alpha=-1)
         WT[i2:].addmm_(U[i1:i2, i2:].t(), err, alpha=-1)
+        err_sq += float(torch.sum(err * err, dtype=torch.float64))
 
-    codes, g_idx = codes.t(), None
+    codes, g_idx = codes.t().contiguous(), None
     if not grouped:
         group_size = cols
     elif static_groups:
@@ -178,7 +275,10 @@ def gptq_quantize(
             g_idx = inv // group_size
     qweight = QuantizedWeight(codes, scale, zero, group_size, bits, sym, g_idx)
     qweight.weight = qweight.dequantize()
-    return GPTQResult(qweight, damp_used, retries)
+    change_sq = sum(float(torch.sum((q - w)[:, ~dead] ** 2, dtype=torch.float64))  # dead columns: 0 − 0
+                    for q, w in zip(qweight.weight.split(1024), W_given.split(1024)))
+    noise = max(err_sq - damping * change_sq, 0.0)
+    return GPTQResult(qweight, damp_used, retries, noise / signal if signal > 0 else 0.0)
 
 
 def relative_output_error(W: Tensor, Q: Tensor, H: Tensor) -> float:
@@ -195,17 +295,16 @@ def quantize_block(block: nn.Module, block_path: str, kind, targets: dict[str, L
     """GPTQ every targeted Linear of one block from its accumulated Hessian (spec: damp, act_order, static_groups)."""
     result = BlockResult()
     for name, fmt in targets.items():
-        acc = stats.acc.pop(name)
-        if acc.count == 0:
+        H = stats.take(name)
+        if H is None:
             result.unseen.append(name)
             continue
-        H = acc.hessian()
         W = block.get_submodule(relative(name, block_path)).weight.detach().float()
         res = gptq_quantize(W, H, fmt.bits, fmt.group_size, fmt.sym, act_order=spec.act_order,
                             static_groups=spec.static_groups, damp=spec.damp, name=name)
+        del H  # consumed: its memory is free before the next Linear's Hessian is taken
         if res.retries:
             result.notes.append(f"{name}: Hessian not positive definite; damping raised to {res.damp:g}")
-        err = relative_output_error(W, res.qweight.weight, H)
         res.qweight.weight = None  # dequantized again when set: a block's float copies are never all held
-        result.quantized[name] = (res.qweight, {"output_rel_err": err, "damp": res.damp})
+        result.quantized[name] = (res.qweight, {"output_rel_err": res.output_rel_err, "damp": res.damp})
     return result

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import cache
 
 import torch
+from threadpoolctl import ThreadpoolController
 
 
 @contextmanager
@@ -24,3 +26,17 @@ def one_cpu_thread(device: torch.device | str, when: bool = True):
         yield
     finally:
         torch.set_num_threads(n)
+
+
+@cache
+def _blas_pools() -> ThreadpoolController:
+    import scipy.linalg  # noqa: F401 - loads scipy's BLAS, so the controller sees it
+
+    return ThreadpoolController()
+
+
+@contextmanager
+def blas_threads_like_torch():
+    """Run scipy's BLAS/LAPACK calls in the body on as many threads as torch uses (separate pools)."""
+    with _blas_pools().limit(limits=torch.get_num_threads(), user_api="blas"):
+        yield
