@@ -1,7 +1,6 @@
 """Quantizing a disk-offloaded model: blocks are onloaded one at a time, each read once, and the
 result equals quantizing the model in memory."""
 
-from collections import Counter
 
 import pytest
 import torch
@@ -62,17 +61,13 @@ def test_offloaded_llava_quantizes_block_by_block_to_the_in_memory_result(method
     assert [r.output_rel_err for r in report.layers] == [r.output_rel_err for r in expected.layers]
     for name, param in model.named_parameters():
         assert torch.equal(offloaded.get_parameter(name), param), name  # read back from the offload folder
-    # calibration read the LLM's blocks in order, each tensor once (held while its block was worked
-    # on, for all calibration samples); the whole call read each LLM Linear a fixed few times
-    # (calibration, then walks over the parameters such as counting bits per weight), not once per
-    # calibration sample (8 here)
+    # the whole call read the LLM's blocks once, in order, each tensor once (held while its block
+    # was worked on, for all calibration samples), not once per calibration sample (8 here): nothing
+    # runs the model past the stacks' first blocks before calibration reaches them
     n_blocks = model.config.text_config.num_hidden_layers
     blocks = [_llm_block(n) for n in modules]
-    calibration = modules[:next(i for i in range(1, len(blocks)) if blocks[i] < blocks[i - 1])]
-    assert [_llm_block(n) for n in calibration] == sorted(_llm_block(n) for n in calibration)
-    assert len(calibration) == len(set(calibration)) == 9 * n_blocks  # 7 Linears + 2 norms per block
-    reads = Counter(n for n in modules if n.endswith("proj"))
-    assert len(reads) == 7 * n_blocks and len(set(reads.values())) == 1 and max(reads.values()) <= 3, reads
+    assert blocks == sorted(blocks)
+    assert len(modules) == len(set(modules)) == 9 * n_blocks  # 7 Linears + 2 norms per block
 
 
 def test_offloaded_blip2_gptq_equals_in_memory(tmp_path):

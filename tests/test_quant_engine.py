@@ -241,6 +241,23 @@ def test_t5_calibration_without_decoder_inputs_is_a_clear_error():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # failed before any work
 
 
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_calibration_never_runs_the_model_past_the_last_stack_it_needs(method):
+    """The up-front check and every capture stop once the stacks' first blocks have run: the
+    language model's later blocks and its logits over the vocabulary are never computed."""
+    model, batches = _build("opt")
+    calls = []
+    later = [model.language_model.model.decoder.layers[1], model.language_model.lm_head]
+    handles = [m.register_forward_hook(lambda mod, a, out, i=i: calls.append(i)) for i, m in enumerate(later)]
+    spec = QuantSpec.from_args({"method": method, "llm_bits": 4, "llm_layer_group": "first", "calib_samples": 8})
+    quantize_model(model, spec, batches, progress=False)
+    assert calls == []
+    model(**batches[0])  # the hooks do fire when the model runs
+    for h in handles:
+        h.remove()
+    assert calls == [0, 1]
+
+
 def test_padding_is_masked_in_llm_statistics():
     model, batches = tiny("opt")
     stack = resolve_arch(model).component("llm").stacks[0]

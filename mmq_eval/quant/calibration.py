@@ -137,14 +137,24 @@ def capture_stack_inputs(model: nn.Module, stack: Stack, batches: list[dict]) ->
 
 @torch.no_grad()
 def check_reached(model: nn.Module, stacks: list[Stack], batch: dict) -> None:
-    """Before any quantization: one forward on `batch` must run the first block of every stack."""
+    """Before any quantization: one forward on `batch` must run the first block of every stack
+    (stopped as soon as all have run: the rest of the model, its logits included, is not needed)."""
     reached: set[str] = set()
+    wanted = {s.blocks[0] for s in stacks}
+
+    def reached_block(path):
+        reached.add(path)
+        if reached >= wanted:
+            raise _StopForward
+
     handles = [model.get_submodule(s.blocks[0]).register_forward_pre_hook(
-        lambda m, a, path=s.blocks[0]: reached.add(path)) for s in stacks]
+        lambda m, a, path=s.blocks[0]: reached_block(path)) for s in stacks]
     failure = ""
     try:
         with caching_disabled(model):
             model(**batch)
+    except _StopForward:
+        pass
     except Exception as err:  # noqa: BLE001 - reported below with the stack it kept from running
         failure = f" (the forward failed first: {type(err).__name__}: {err})"
     finally:
@@ -188,23 +198,25 @@ def advance(sample: Sample, output, carry: str, next_block: int | None = None) -
 class InputStats:
     """Forward hooks on Linears that hand each call's (masked, flattened) input rows to a callback.
 
-    Linears called on the same, unchanged tensor within a sample (q, k and v) are handed one and
-    the same rows object, masked and checked once (what ``SharedInputs`` recognises).
+    Linears called one after the other on the same, unchanged tensor (q, k and v) are handed one
+    and the same rows object, masked and checked once (what ``SharedInputs`` recognises); only the
+    last input is remembered, so no activation outlives the forward's own use of it for long.
     `start(mask)` begins each sample with its token mask.
     """
 
     def __init__(self, modules: dict[str, nn.Linear], on_input):
         self.mask: Tensor | None = None
-        self._seen: list[tuple[Tensor, int, Tensor]] = []  # this sample: (input, its version, its rows)
+        self._last: tuple[Tensor, int, Tensor] | None = None  # (input, its version, its rows)
         self._handles = [m.register_forward_hook(self._hook(name), with_kwargs=True) for name, m in modules.items()]
         self._on_input = on_input
 
     def start(self, mask: Tensor | None) -> None:
         """A new sample: its token mask; rows of the last sample are let go."""
-        self.mask, self._seen = mask, []
+        self.mask, self._last = mask, None
 
     def _rows(self, name: str, x: Tensor) -> Tensor:
-        for given, version, rows in self._seen:
+        if self._last is not None:
+            given, version, rows = self._last
             if given is x and version == x._version:  # not written in place since
                 return rows
         if self.mask is not None and tuple(x.shape[:-1]) == tuple(self.mask.shape):
@@ -212,7 +224,7 @@ class InputStats:
         else:
             rows = x.reshape(-1, x.shape[-1])
         check_inputs(name, rows)
-        self._seen.append((x, x._version, rows))
+        self._last = (x, x._version, rows)
         return rows
 
     def _hook(self, name: str):

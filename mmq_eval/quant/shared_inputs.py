@@ -9,8 +9,9 @@ others did not (or misses something they received) leaves with its own copy of t
 taken before the input where they part. So every Linear's statistics are exactly what it would
 have accumulated alone, with the same additions in the same order.
 
-An input is added when every member got it (or at the next different input), so it must not
-change in between: one written in place meanwhile (its version moved) stops the run.
+An input is added as soon as every member got it (else at the next different input, where the
+group splits), so it must not change in between: one written in place meanwhile (its version
+moved) stops the run.
 
 An accumulator has ``add(x)`` and ``copy()``.
 """
@@ -49,10 +50,12 @@ class SharedInputs:
         group = self._group[name]
         if group.pending is x and name not in group.got:
             group.got.add(name)
-            return
-        self._flush(group)
-        group = self._group[name]
-        group.pending, group.version, group.got = x, x._version, {name}
+        else:
+            self._flush(group)
+            group = self._group[name]
+            group.pending, group.version, group.got = x, x._version, {name}
+        if len(group.got) == len(group.members):
+            self._flush(group)  # let go of the input now
 
     def accumulators(self) -> dict[str, Any]:
         """Each Linear's accumulator (one object for Linears that shared every input); ends the pass."""
