@@ -141,8 +141,13 @@ class QuantizedWeight:
         return q.sub_(self.zero[..., None]).mul_(self.scale[..., None]).reshape(rows, cols)
 
     def compact(self) -> QuantizedWeight:
-        """The same without `weight` (what a report or cache keeps)."""
-        return QuantizedWeight(self.codes, self.scale, self.zero, self.group_size, self.bits, self.sym, self.g_idx)
+        """The same without `weight`, on the host (what a report or cache keeps: an accelerator's
+        memory is for the model)."""
+        def host(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.cpu()
+
+        return QuantizedWeight(host(self.codes), host(self.scale), host(self.zero), self.group_size, self.bits,
+                               self.sym, host(self.g_idx))
 
 
 def _packed(codes: Tensor) -> Tensor:
