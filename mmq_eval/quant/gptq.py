@@ -76,16 +76,21 @@ class HessianStats:
     def add(self, name: str, x: Tensor) -> None:
         self.shared.add(name, x)
 
-    def take(self, name: str) -> Tensor | None:
-        """The Hessian of `name`'s inputs for GPTQ to consume (None when no input reached it): the
-        shared matrix itself for the last Linear that needs it, a copy before."""
+    def reached(self, name: str) -> bool:
+        """Whether any calibration input reached `name`."""
         if self._accs is None:
             self._accs = self.shared.accumulators()
+        return self._accs[name].count > 0
+
+    def take(self, name: str) -> Tensor:
+        """The Hessian of `name`'s inputs for GPTQ to consume: a copy while other Linears still need
+        the shared matrix, else the matrix itself, let go of here (the caller holds the only reference)."""
         acc = self._accs.pop(name)
-        if acc.count == 0:
-            return None
         H = acc.hessian()
-        return H.clone() if any(a is acc for a in self._accs.values()) else H
+        if any(a is acc for a in self._accs.values()):
+            return H.clone()
+        acc.sum = None
+        return H
 
 
 @dataclass
@@ -176,7 +181,6 @@ def _quadratic_sum(W: Tensor, H: Tensor, rows: int = 1024) -> float:
     return sum(float(torch.sum((w @ H) * w, dtype=torch.float64)) for w in W.split(rows))
 
 
-@torch.no_grad()
 def gptq_quantize(
     W: Tensor,
     H: Tensor,
@@ -193,7 +197,9 @@ def gptq_quantize(
     """GPTQ-quantize weight W (out, in) given the Hessian H (in, in) of its inputs.
 
     group_size = in_features means per channel. Computes in float32 (float64 if W is float64).
-    H is consumed (its memory becomes the inverse Hessian's factor): pass a copy to keep it.
+    H is consumed (its memory becomes the inverse Hessian's factor, let go of before the
+    dequantized weight is made when the caller holds no reference): pass a copy to keep it.
+    Everything is computed on detached tensors (no autograd; no decorator holding the arguments).
     Returns the integer codes with their per-group scales and zero points, the dequantized
     weights (original column order) and the output error, which costs no extra pass: GPTQ's
     updates make W − Q = E·U for the scaled errors E it computes column by column, so
@@ -233,7 +239,7 @@ def gptq_quantize(
 
     codes = torch.empty(WT.shape, dtype=torch.uint8, device=WT.device)  # integers in [0, maxq]
     group_scales, group_zeros = [], []  # dynamic groups, in processing order
-    err_sq = 0.0  # ‖E‖²
+    err_sq = torch.zeros((), dtype=torch.float64, device=WT.device)  # ‖E‖² (no sync per block on a GPU)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         W1 = WT[i1:i2]  # view: updates land in WT
@@ -259,7 +265,8 @@ def gptq_quantize(
                 e.div_(U1[i, i])
                 W1[i + 1:].addr_(U1[i, i + 1:], e, alpha=-1)
         WT[i2:].addmm_(U[i1:i2, i2:].t(), err, alpha=-1)
-        err_sq += float(torch.sum(err * err, dtype=torch.float64))
+        err_sq += torch.sum(err * err, dtype=torch.float64)
+    del WT, U, W1, U1, w, e, err  # the factor (H's memory) and the work copy: free before dequantizing
 
     codes, g_idx = codes.t().contiguous(), None
     if not grouped:
@@ -277,7 +284,7 @@ def gptq_quantize(
     qweight.weight = qweight.dequantize()
     change_sq = sum(float(torch.sum((q - w)[:, ~dead] ** 2, dtype=torch.float64))  # dead columns: 0 − 0
                     for q, w in zip(qweight.weight.split(1024), W_given.split(1024)))
-    noise = max(err_sq - damping * change_sq, 0.0)
+    noise = max(float(err_sq) - damping * change_sq, 0.0)
     return GPTQResult(qweight, damp_used, retries, noise / signal if signal > 0 else 0.0)
 
 
@@ -295,14 +302,13 @@ def quantize_block(block: nn.Module, block_path: str, kind, targets: dict[str, L
     """GPTQ every targeted Linear of one block from its accumulated Hessian (spec: damp, act_order, static_groups)."""
     result = BlockResult()
     for name, fmt in targets.items():
-        H = stats.take(name)
-        if H is None:
+        if not stats.reached(name):
             result.unseen.append(name)
             continue
         W = block.get_submodule(relative(name, block_path)).weight.detach().float()
-        res = gptq_quantize(W, H, fmt.bits, fmt.group_size, fmt.sym, act_order=spec.act_order,
+        # the Hessian is passed on, not kept here: gptq_quantize frees it before dequantizing
+        res = gptq_quantize(W, stats.take(name), fmt.bits, fmt.group_size, fmt.sym, act_order=spec.act_order,
                             static_groups=spec.static_groups, damp=spec.damp, name=name)
-        del H  # consumed: its memory is free before the next Linear's Hessian is taken
         if res.retries:
             result.notes.append(f"{name}: Hessian not positive definite; damping raised to {res.damp:g}")
         res.qweight.weight = None  # dequantized again when set: a block's float copies are never all held
