@@ -1,6 +1,7 @@
 """Quantizing a disk-offloaded model: blocks are onloaded one at a time, each read once, and the
 result equals quantizing the model in memory."""
 
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,6 +97,17 @@ def test_a_wrapper_with_offload_folder_quantizes_the_disk_offloaded_model(tmp_pa
         [r.output_rel_err for r in in_memory.quant_report.layers]
     for name, param in in_memory.model.named_parameters():
         assert torch.equal(offloaded.model.get_parameter(name), param), name
+    # the codes kept for export and the cache are memory-mapped from files under the offload folder
+    (folder,) = (tmp_path / "offload" / "codes").iterdir()
+    maps = Path("/proc/self/maps").read_text()
+    for name, q in offloaded.quant_report.qweights.items():
+        path = folder / f"{name}.codes"
+        assert path.stat().st_size == q.codes.numel() and str(path) in maps, name
+        assert torch.equal(q.codes, in_memory.quant_report.qweights[name].codes), name
+    codes = offloaded.quant_report.qweights[name].codes
+    offloaded.quant_report = None  # the files go with the report; codes still held stay readable
+    assert not folder.exists() and torch.equal(codes, in_memory.quant_report.qweights[name].codes)
+
 
 
 def test_a_cache_hit_is_written_through_the_offload(tmp_path):
@@ -108,3 +120,8 @@ def test_a_cache_hit_is_written_through_the_offload(tmp_path):
     assert not first.quant_report.cached and second.quant_report.cached
     for name, param in first.model.named_parameters():
         assert torch.equal(second.model.get_parameter(name), param), name
+    (folder,) = (tmp_path / "offload-2" / "codes").iterdir()  # codes from the cache go to disk too
+    maps = Path("/proc/self/maps").read_text()
+    assert all(str(folder / f"{n}.codes") in maps for n in second.quant_report.qweights)
+    assert all(torch.equal(q.codes, first.quant_report.qweights[n].codes)
+               for n, q in second.quant_report.qweights.items())

@@ -201,9 +201,11 @@ class QuantizingModel:
         cache_dir = None
         if self.args.quant_cache is not None:
             cache_dir = default_cache_dir() if self.args.quant_cache == "default" else Path(self.args.quant_cache)
+        offload = self.args.offload_folder
         report = quantize_model(
             model, spec, calib, progress=self.rank == 0, cache_dir=cache_dir,
             model_id=self._model_id(cache_dir) if cache_dir else self.args.pretrained, plan=plan,
+            codes_dir=None if offload is None else Path(offload) / "codes",  # a model larger than memory
         )
         self._publish(report)
         return report

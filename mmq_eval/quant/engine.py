@@ -13,7 +13,10 @@ are kept on the report (``QuantReport.qweights``).
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -37,7 +40,7 @@ from mmq_eval.quant.calibration import (
 from mmq_eval.quant.finite import check_result, check_weight
 from mmq_eval.quant.formats import QuantizedWeight, quantize_weight
 from mmq_eval.quant.methods import METHOD_TABLE
-from mmq_eval.quant.offload import onloaded, write_back, write_parameter
+from mmq_eval.quant.offload import codes_on_disk, onloaded, write_back, write_parameter
 from mmq_eval.quant.plan import QuantPlan, build_plan
 from mmq_eval.quant.report import LayerRecord, QuantReport, stage_key
 from mmq_eval.quant.spec import QuantSpec
@@ -58,7 +61,7 @@ class _Run:
     """State of one quantize_model call: records, codes, notes, changed parameter names."""
 
     def __init__(self, model: nn.Module, plan: QuantPlan, progress: bool,
-                 component_cache: tuple[str, str] | None = None):
+                 component_cache: tuple[str, str] | None = None, codes_dir: Path | None = None):
         self.model, self.plan, self.spec, self.progress = model, plan, plan.spec, progress
         self.method = METHOD_TABLE[plan.spec.method]
         self.component_cache = component_cache  # (cache dir, model id): reuse calibrated components
@@ -66,6 +69,7 @@ class _Run:
         self.calibrated: list[str] = []  # components calibrated in this run
         self.records: dict[str, LayerRecord] = {}
         self.qweights: dict[str, QuantizedWeight] = {}
+        self.codes_dir = codes_dir  # where the codes are kept (memory-mapped) instead of in memory
         self.notes: list[str] = list(plan.notes)
         self.changed: list[str] = []
         self.awq_unscaled: dict[tuple[str, str], int] = {}  # (component, Linear in block) -> blocks
@@ -78,12 +82,18 @@ class _Run:
         check_result(name, self.spec.method, q)
         err = _rel_err(W, q.weight)
         write_parameter(lin, "weight", q.weight)
-        self.qweights[name] = q.compact()
+        self.keep_codes(name, q)
         self.records[name] = LayerRecord(name, li.component, li.block, li.role, fmt.bits, fmt.group_size,
                                          fmt.sym, err, fallback=fmt.fallback, **extra)
         logger.debug("%s: %d bit, weight rel. error %.4f, output rel. error %s", name, fmt.bits, err,
                      extra.get("output_rel_err"))
         self.changed.append(f"{name}.weight")
+
+    def keep_codes(self, name: str, q: QuantizedWeight) -> None:
+        """Keep `q`'s codes, scales and zero points for export and the cache: on the host, or in
+        a file under `codes_dir` when given."""
+        q = q.compact()
+        self.qweights[name] = q if self.codes_dir is None else codes_on_disk(q, self.codes_dir / f"{name}.codes")
 
     # ---- data-free methods ------------------------------------------------------------------
 
@@ -164,7 +174,8 @@ class _Run:
         self.changed += record["changed"]
         self.notes += record["notes"]
         self.records.update({r["name"]: LayerRecord(**r) for r in record["records"]})
-        self.qweights.update(qweights)
+        for name, q in qweights.items():
+            self.keep_codes(name, q)
         self.awq_unscaled.update({(component, rel): n for rel, n in record["awq_unscaled"]})
         self.notes.append(f"{component}: {self.spec.method} weights reused from the quantization cache "
                           "(same targets, same components before it, same calibration)")
@@ -272,6 +283,7 @@ def quantize_model(
     cache_dir: str | None = None,
     model_id: str | None = None,
     plan: QuantPlan | None = None,
+    codes_dir: str | Path | None = None,
 ) -> QuantReport:
     """Quantize `model` in place per `spec` (weights replaced by dequantized values, same dtype).
 
@@ -281,7 +293,9 @@ def quantize_model(
     them (verified first; see ``mmq_eval.quant.cache``) instead of quantizing again; gptq / awq
     store each component apart, so a call that shares a component and everything before it (in
     pipeline order) with an earlier one reuses that component. `plan`: `build_plan(model, spec)`
-    when the caller has it already.
+    when the caller has it already. `codes_dir`: keep the integer codes (``QuantReport.qweights``)
+    memory-mapped from files in a fresh folder there instead of in memory (a model larger than
+    memory); the folder is deleted when the report is.
     """
     t_start = time.perf_counter()
     plan = plan or build_plan(model, spec)
@@ -299,14 +313,18 @@ def quantize_model(
         else:
             fp = weights_fingerprint(state_digests(model))
             cache = QuantCache(cache_dir, cache_key(model_id, spec, fp))
-            loaded = cache.load(model)  # None on a miss or an unusable entry (deleted, with a warning)
-            if loaded is not None:
-                record, qweights = loaded
-                report = QuantReport.from_dict(record)
-                report.cached, report.qweights = True, qweights
-                return report
+    codes_dir = None if codes_dir is None or spec.is_noop else _fresh_folder(Path(codes_dir))
+    run = _Run(model, plan, progress, component_cache, codes_dir)
+    if cache is not None:
+        loaded = cache.load(model)  # None on a miss or an unusable entry (deleted, with a warning)
+        if loaded is not None:
+            record, qweights = loaded
+            for name, q in qweights.items():
+                run.keep_codes(name, q)
+            report = QuantReport.from_dict(record)
+            report.cached, report.qweights = True, run.qweights
+            return _owning(report, codes_dir)
 
-    run = _Run(model, plan, progress, component_cache)
     timings: dict[str, float] = {}
     model_was_training = model.training
     model.eval()
@@ -339,4 +357,18 @@ def quantize_model(
     )
     if cache is not None:
         cache.save(model, list(dict.fromkeys(run.changed)), report.to_dict(), run.qweights)
+    return _owning(report, codes_dir)
+
+
+def _fresh_folder(parent: Path) -> Path:
+    """A new folder under `parent` for one call's codes (files of earlier reports stay untouched:
+    a file still mapped must not be rewritten)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="codes-", dir=parent))
+
+
+def _owning(report: QuantReport, codes_dir: Path | None) -> QuantReport:
+    """`report`, deleting `codes_dir` when it is garbage collected (mapped codes stay readable)."""
+    if codes_dir is not None:
+        weakref.finalize(report, shutil.rmtree, codes_dir, ignore_errors=True)
     return report

@@ -76,16 +76,19 @@ class HessianStats:
     def add(self, name: str, x: Tensor) -> None:
         self.shared.add(name, x)
 
-    def reached(self, name: str) -> bool:
-        """Whether any calibration input reached `name`."""
+    def _accumulators(self) -> dict[str, HessianAccumulator]:
         if self._accs is None:
             self._accs = self.shared.accumulators()
-        return self._accs[name].count > 0
+        return self._accs
+
+    def reached(self, name: str) -> bool:
+        """Whether any calibration input reached `name`."""
+        return self._accumulators()[name].count > 0
 
     def take(self, name: str) -> Tensor:
         """The Hessian of `name`'s inputs for GPTQ to consume: a copy while other Linears still need
         the shared matrix, else the matrix itself, let go of here (the caller holds the only reference)."""
-        acc = self._accs.pop(name)
+        acc = self._accumulators().pop(name)
         H = acc.hessian()
         if any(a is acc for a in self._accs.values()):
             return H.clone()

@@ -8,11 +8,14 @@ weights read once and held until it is done (``onloaded``: one read per block, n
 calibration sample), and every new value is written back through the offload
 (``write_parameter``): an in-place change of an onloaded copy would be lost. Peak memory is then
 about one block plus its calibration activations, not the model's size. On a model without
-offloading both are no-ops around the plain operations.
+offloading both are no-ops around the plain operations. The integer codes kept for export and
+the cache (1 byte per quantized weight) can go to disk too (``codes_on_disk``; the wrappers do so
+under ``<offload_folder>/codes``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import torch
 from torch import nn
 
 from mmq_eval.errors import MMQConfigError
+from mmq_eval.quant.formats import QuantizedWeight
 
 
 def _offload_cache_type() -> type | None:
@@ -80,6 +84,16 @@ def onloaded(block: nn.Module):
     from compressed_tensors.offload import disable_offloading
 
     return disable_offloading()
+
+
+def codes_on_disk(q: QuantizedWeight, path: Path) -> QuantizedWeight:
+    """`q` with its integer codes written to `path` and memory-mapped from there (read-only: the
+    kernel pages them in when export or the cache reads them, and may drop them), so the codes of a
+    model larger than memory are not held in it (1 byte per quantized weight)."""
+    codes = q.codes.detach().cpu().contiguous()
+    codes.numpy().tofile(path)
+    mapped = torch.from_file(str(path), shared=False, size=codes.numel(), dtype=codes.dtype)
+    return dataclasses.replace(q, codes=mapped.view(codes.shape))
 
 
 def load_disk_offloaded(model_class: type, source: str | Path, offload_folder: str | Path,
