@@ -7,7 +7,8 @@ loaded disk-offloaded (``mmq_eval.quant.offload.load_disk_offloaded``: weights r
 time). It reports each run's peak resident memory (and, sampled, its anonymous part: RSS also
 counts the file pages of the memory-mapped offload files, which the kernel can drop) and seconds
 beside the checkpoint's size: held in memory the peak grows with the model; offloaded it stays
-near one block plus its activations (and the uint8 codes kept for export, 1 byte per weight).
+near one block plus its activations (the uint8 codes kept for export and the cache go to files
+under the offload folder, as the wrappers' ``offload_folder=`` does).
 
     .venv/bin/python benchmarks/offload.py --llm-blocks 4 8 [--json out.json]
 """
@@ -84,7 +85,8 @@ def measure(checkpoint: str, offloaded: bool, calib_samples: int) -> dict:
     batches = g.synthetic_batches(model, calib_samples, batch_size=16, text_len=32)
     t = time.perf_counter()
     spec = QuantSpec.from_args({"method": "gptq", "llm_bits": 4, "calib_samples": calib_samples})
-    report = quantize_model(model, spec, batches, progress=False)
+    codes_dir = Path(checkpoint) / "offload" / "codes" if offloaded else None
+    report = quantize_model(model, spec, batches, progress=False, codes_dir=codes_dir)
     return {"offloaded": offloaded, "load_s": round(load_s, 1), "quantize_s": round(time.perf_counter() - t, 1),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB, 2),
             "peak_anon_gib": round(anonymous.stop() / GiB, 2),
