@@ -43,7 +43,10 @@ class SharedInputs:
         by_key: dict[Hashable, list[str]] = {}
         for name, key in keys.items():
             by_key.setdefault(key, []).append(name)
-        self._group = {n: g for key, names in by_key.items() for g in [_Group(make(key), names)] for n in names}
+        self._group: dict[str, _Group] = {}
+        for key, names in by_key.items():
+            group = _Group(make(key), names)
+            self._group.update(dict.fromkeys(names, group))
 
     def add(self, name: str, x) -> None:
         """`name` received input `x` (the same object as other Linears' when it is the same tensor)."""
