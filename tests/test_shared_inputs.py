@@ -108,3 +108,17 @@ def test_sharing_changes_nothing_in_the_quantized_model(method, monkeypatch):
     # up another (7 Linears, 4 inputs); copied apart, every Linear has its own
     assert {p for p in shared_passes} == {(6, 4), (7, 4)}
     assert {p for p in passes} == {(6, 6), (7, 7)}
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_quantizing_under_inference_mode_gives_the_same_model(method):
+    """Inference tensors keep no version counter: identity alone decides sharing there."""
+    spec = QuantSpec.from_args({"method": method, "llm_bits": 4, "vit_bits": 4})
+    plain, _ = make_tiny_llava(0)
+    batches = llava_batches(plain.config)
+    quantize_model(plain, spec, batches, progress=False)
+    inference, _ = make_tiny_llava(0)
+    with torch.inference_mode():
+        quantize_model(inference, spec, batches, progress=False)
+    for (name, p), q in zip(plain.named_parameters(), inference.parameters()):
+        assert torch.equal(p, q), name

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from mmq_eval.errors import MMQConfigError
 from mmq_eval.quant.arch import Stack
 from mmq_eval.quant.finite import check_inputs
+from mmq_eval.quant.shared_inputs import version_of
 
 
 class _StopForward(Exception):
@@ -206,7 +207,7 @@ class InputStats:
 
     def __init__(self, modules: dict[str, nn.Linear], on_input):
         self.mask: Tensor | None = None
-        self._last: tuple[Tensor, int, Tensor] | None = None  # (input, its version, its rows)
+        self._last: tuple[Tensor, int | None, Tensor] | None = None  # (input, its version, its rows)
         self._handles = [m.register_forward_hook(self._hook(name), with_kwargs=True) for name, m in modules.items()]
         self._on_input = on_input
 
@@ -217,14 +218,14 @@ class InputStats:
     def _rows(self, name: str, x: Tensor) -> Tensor:
         if self._last is not None:
             given, version, rows = self._last
-            if given is x and version == x._version:  # not written in place since
+            if given is x and version == version_of(x):  # not written in place since
                 return rows
         if self.mask is not None and tuple(x.shape[:-1]) == tuple(self.mask.shape):
             rows = x[self.mask]
         else:
             rows = x.reshape(-1, x.shape[-1])
         check_inputs(name, rows)
-        self._last = (x, x._version, rows)
+        self._last = (x, version_of(x), rows)
         return rows
 
     def _hook(self, name: str):

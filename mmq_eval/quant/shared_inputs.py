@@ -11,7 +11,8 @@ have accumulated alone, with the same additions in the same order.
 
 An input is added as soon as every member got it (else at the next different input, where the
 group splits), so it must not change in between: one written in place meanwhile (its version
-moved) stops the run.
+moved) stops the run. (Tensors made under ``torch.inference_mode`` keep no version: for them
+identity alone counts.)
 
 An accumulator has ``add(x)`` and ``copy()``.
 """
@@ -22,13 +23,18 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 
+def version_of(t) -> int | None:
+    """How many times `t` was written in place; None for an inference tensor, which keeps no count."""
+    return None if t.is_inference() else t._version
+
+
 class _Group:
     """Linears on one accumulator; `pending`: the last input, added once every member got it."""
 
     def __init__(self, acc: Any, members: list[str]):
         self.acc, self.members = acc, members
         self.pending = None
-        self.version = 0  # the pending input's version when it came
+        self.version: int | None = None  # the pending input's version when it came
         self.got: set[str] = set()
 
 
@@ -56,7 +62,7 @@ class SharedInputs:
         else:
             self._flush(group)
             group = self._group[name]
-            group.pending, group.version, group.got = x, x._version, {name}
+            group.pending, group.version, group.got = x, version_of(x), {name}
         if len(group.got) == len(group.members):
             self._flush(group)  # let go of the input now
 
@@ -70,7 +76,7 @@ class SharedInputs:
         """Add the pending input for the members that got it; the others leave with a copy from before it."""
         if group.pending is None:
             return
-        if group.pending._version != group.version:
+        if version_of(group.pending) != group.version:
             raise RuntimeError(f"the input of {', '.join(sorted(group.got))} was written in place after they read "
                                "it; their calibration statistics cannot be gathered (please report the model)")
         missing = [n for n in group.members if n not in group.got]
