@@ -9,6 +9,7 @@ from typing import Any, Iterable
 import torch
 
 from mmq_eval.errors import MMQConfigError
+from mmq_eval.outputs import check_output_dir, check_output_file
 from mmq_eval.tasks.prompts import PROMPT_STYLES
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -114,6 +115,10 @@ def parse_wrapper_args(kwargs: dict[str, Any], default_pretrained: str) -> Wrapp
     calib_data = kwargs.get("calib_data")
     report_path = kwargs.get("report_path")
     offload_folder = kwargs.get("offload_folder")
+    if report_path is not None:  # written after quantizing: refused before, not after the work
+        check_output_file(report_path, "report_path")
+    if offload_folder is not None:  # the weights and the codes are written there
+        check_output_dir(offload_folder, "offload_folder")
     prompt_style = str(kwargs.get("prompt_style") or "auto")
     if prompt_style not in PROMPT_STYLES:
         raise MMQConfigError(
